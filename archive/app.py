@@ -1,0 +1,128 @@
+"""The aiohttp application: resources opened in a cleanup context, routes, middlewares."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from archive.config import Config
+from archive.dicomweb import qido, stow, wado
+from archive.index.db import create_engine, init_schema
+from archive.index.reader import IndexReader
+from archive.index.writer import IndexWriter
+from archive.ingest import Ingest
+from storage.filesystem import FilesystemStore
+
+log = logging.getLogger("archive.http")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_CORS_HEADERS = "Accept, Authorization, Content-Type"
+_CORS_EXPOSE = "Content-Type, Content-Length, Warning, Location"
+
+
+def _cors_origin(request: web.Request, origins: list[str]) -> str | None:
+    origin = request.headers.get("Origin")
+    if not origin or not origins:
+        return None
+    if "*" in origins:
+        return "*"
+    return origin if origin in origins else None
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    origins: list[str] = request.app["config"].http.cors_origins
+    allowed = _cors_origin(request, origins)
+    if request.method == "OPTIONS" and allowed and "Access-Control-Request-Method" in request.headers:
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Origin": allowed,
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": _CORS_HEADERS,
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin"})
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if allowed:
+            exc.headers["Access-Control-Allow-Origin"] = allowed
+            exc.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
+        raise
+    if allowed and not response.prepared:
+        response.headers["Access-Control-Allow-Origin"] = allowed
+        response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Clear 4xx texts; unexpected errors become a short 500 with no stack trace to the client."""
+    start = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            log.info("%s %s -> %d %s", request.method, request.path, exc.status, exc.text)
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return web.Response(status=500, text="internal error (see the server log)")
+    log.debug("%s %s -> %d in %.1f ms", request.method, request.path, response.status,
+              (time.perf_counter() - start) * 1000)
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def _routes(app: web.Application) -> None:
+    r = app.router
+    base = "/dicom-web"
+    study = base + "/studies/{study}"
+    series = study + "/series/{series}"
+    instance = series + "/instances/{instance}"
+    r.add_get("/healthz", healthz)
+    r.add_post(base + "/studies", stow.store_instances)
+    r.add_post(study, stow.store_instances)
+    r.add_get(base + "/studies", qido.search_studies)
+    r.add_get(base + "/series", qido.search_series)
+    r.add_get(base + "/instances", qido.search_instances)
+    r.add_get(study + "/series", qido.search_series)
+    r.add_get(study + "/instances", qido.search_instances)
+    r.add_get(series + "/instances", qido.search_instances)
+    r.add_get(study, wado.retrieve)
+    r.add_get(series, wado.retrieve)
+    r.add_get(instance, wado.retrieve)
+    r.add_get(study + "/metadata", wado.metadata)
+    r.add_get(series + "/metadata", wado.metadata)
+    r.add_get(instance + "/metadata", wado.metadata)
+    r.add_get(instance + "/bulk/{path:.+}", wado.bulkdata)
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    cfg: Config = app["config"]
+    store = FilesystemStore(cfg.storage_path)
+    await store.start()
+    engine = create_engine(cfg.database_url, cfg.database.echo)
+    await init_schema(engine)
+    writer = IndexWriter(engine, cfg.ingest.duplicate_policy)
+    app["store"] = store
+    app["engine"] = engine
+    app["reader"] = IndexReader(engine)
+    app["ingest"] = Ingest(store, writer, cfg.ingest.bulk_data_threshold)
+    log.info("ready: storage=%s database=%s", cfg.storage_path, engine.url.render_as_string())
+    yield
+    await engine.dispose()
+
+
+def create_app(cfg: Config) -> web.Application:
+    app = web.Application(middlewares=[cors_middleware, error_middleware],
+                          client_max_size=1024 ** 4)
+    app["config"] = cfg
+    app.cleanup_ctx.append(_resources)
+    _routes(app)
+    return app

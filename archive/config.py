@@ -1,0 +1,173 @@
+"""Configuration: a TOML file mapped onto typed settings whose defaults work out of the box.
+
+Every key is documented in ``config.example.toml``. Relative paths (and the SQLite file of a
+relative ``sqlite`` URL) resolve against the folder of the config file, or the working directory
+when the server runs without one.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DUPLICATE_POLICIES = ("reject", "overwrite")
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or holds a bad value."""
+
+
+@dataclass
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cors_origins: list[str] = field(default_factory=list)
+    # Public URL prefix for RetrieveURL/BulkDataURI when behind a proxy; "" = from each request.
+    base_url: str = ""
+
+
+@dataclass
+class DimseConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 11112
+    ae_title: str = "IMAGING-ARCHIVE"
+
+
+@dataclass
+class StorageConfig:
+    backend: str = "filesystem"
+    path: str = "archive-data/files"
+
+
+@dataclass
+class DatabaseConfig:
+    url: str = "sqlite+aiosqlite:///archive-data/index.db"
+    echo: bool = False
+
+
+@dataclass
+class IngestConfig:
+    # What to do when a different instance arrives under a stored SOP Instance UID.
+    duplicate_policy: str = "reject"
+    # Largest binary value kept inline (base64) in stored metadata; larger ones get a BulkDataURI.
+    bulk_data_threshold: int = 1024
+
+
+@dataclass
+class QidoConfig:
+    # Most results one QIDO-RS response returns; beyond it a Warning header says the list was cut.
+    max_results: int = 1000
+
+
+@dataclass
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass
+class Config:
+    http: HttpConfig = field(default_factory=HttpConfig)
+    dimse: DimseConfig = field(default_factory=DimseConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    qido: QidoConfig = field(default_factory=QidoConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def storage_path(self) -> Path:
+        return self.resolve(self.storage.path)
+
+    @property
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path made absolute against ``base_dir``."""
+        url = self.database.url
+        for prefix in ("sqlite+aiosqlite:///", "sqlite:///"):
+            if url.startswith(prefix):
+                rest = url[len(prefix):]
+                if rest and not rest.startswith("/") and not rest.startswith(":memory:"):
+                    return prefix + str(self.resolve(rest))
+        return url
+
+
+_SECTIONS: dict[str, type] = {
+    "http": HttpConfig,
+    "dimse": DimseConfig,
+    "storage": StorageConfig,
+    "database": DatabaseConfig,
+    "ingest": IngestConfig,
+    "qido": QidoConfig,
+    "log": LogConfig,
+}
+
+
+def _section(name: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {key!r} in [{name}]")
+        default = getattr(cls(), key)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"[{name}] {key} must be true or false")
+        if isinstance(default, int) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"[{name}] {key} must be an integer")
+        if isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"[{name}] {key} must be a string")
+        if isinstance(default, list) and not (
+                isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ConfigError(f"[{name}] {key} must be a list of strings")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.ingest.duplicate_policy not in DUPLICATE_POLICIES:
+        raise ConfigError(f"[ingest] duplicate_policy must be one of {', '.join(DUPLICATE_POLICIES)}")
+    if cfg.storage.backend != "filesystem":
+        raise ConfigError("[storage] backend must be \"filesystem\"")
+    if not 0 < cfg.http.port < 65536 or not 0 < cfg.dimse.port < 65536:
+        raise ConfigError("ports must be between 1 and 65535")
+    if cfg.qido.max_results < 1:
+        raise ConfigError("[qido] max_results must be at least 1")
+    if cfg.ingest.bulk_data_threshold < 0:
+        raise ConfigError("[ingest] bulk_data_threshold must not be negative")
+
+
+def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
+    """Settings from a parsed TOML document (unknown sections or keys are errors)."""
+    cfg = Config(base_dir=base_dir or Path.cwd())
+    for name, values in data.items():
+        if name not in _SECTIONS:
+            raise ConfigError(f"unknown section [{name}]")
+        setattr(cfg, name, _section(name, _SECTIONS[name], values))
+    _validate(cfg)
+    return cfg
+
+
+def load(path: str | Path | None) -> Config:
+    """Settings from ``path``, or the defaults when ``path`` is None."""
+    if path is None:
+        cfg = Config()
+        _validate(cfg)
+        return cfg
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: {exc}") from exc
+    return from_dict(data, base_dir=p.resolve().parent)

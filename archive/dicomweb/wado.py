@@ -1,0 +1,180 @@
+"""WADO-RS: Retrieve Transaction (PS3.18 §10.4): instances, metadata and bulk data.
+
+Instances are streamed from storage into a ``multipart/related`` response; metadata is the DICOM
+JSON stored at ingest, concatenated, never rebuilt from files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from pydicom import dcmread
+
+from archive.dicomweb.media import base_url, parse_accept, uid_param
+from archive.dicomweb.multipart import MultipartWriter, new_boundary
+from archive.index.reader import IndexReader, StoredInstance
+from archive.ingest import BASE_URL_TOKEN
+from storage.base import BlobStore
+
+log = logging.getLogger("archive.wado")
+
+_DICOM_OK = ("application/dicom", "*/*", "application/*", "multipart/*")
+
+
+def _negotiate_dicom(request: web.Request) -> str | None:
+    """The transfer syntax asked for (None: as stored), or 406 if no acceptable media type."""
+    for mr in parse_accept(request.headers.get("Accept")):
+        if mr.type == "multipart/related":
+            if mr.params.get("type", "application/dicom").lower() != "application/dicom":
+                continue
+        elif mr.type not in _DICOM_OK:
+            continue
+        ts = mr.params.get("transfer-syntax")
+        return None if ts in (None, "", "*") else ts
+    raise web.HTTPNotAcceptable(
+        text='retrieve offers multipart/related; type="application/dicom" (transfer-syntax=* or '
+             "the stored one)")
+
+
+def _scope(request: web.Request) -> tuple[str, str | None, str | None]:
+    study = uid_param(request, "study")
+    series = uid_param(request, "series") if "series" in request.match_info else None
+    sop = uid_param(request, "instance") if "instance" in request.match_info else None
+    return study, series, sop
+
+
+async def retrieve(request: web.Request) -> web.StreamResponse:
+    """GET /studies/{study}[/series/{series}[/instances/{instance}]]"""
+    study, series, sop = _scope(request)
+    wanted_ts = _negotiate_dicom(request)
+    reader: IndexReader = request.app["reader"]
+    found = await reader.instances(study, series, sop)
+    if not found:
+        raise web.HTTPNotFound(text="no such study, series or instance")
+    if wanted_ts is not None:
+        stored = {i.transfer_syntax_uid for i in found}
+        if stored != {wanted_ts}:
+            raise web.HTTPNotAcceptable(
+                text=f"transfer syntax {wanted_ts} is not available; stored as "
+                     f"{', '.join(sorted(stored))} (use transfer-syntax=*)")
+    return await _stream_instances(request, found)
+
+
+async def _stream_instances(request: web.Request, found: list[StoredInstance]) -> web.StreamResponse:
+    store = request.app["store"]
+    boundary = new_boundary()
+    response = web.StreamResponse(headers={
+        "Content-Type": MultipartWriter.content_type(boundary, "application/dicom")})
+    await response.prepare(request)
+    writer = MultipartWriter(response, boundary)
+    try:
+        for inst in found:
+            await writer.begin_part({"Content-Type": f"application/dicom; transfer-syntax="
+                                                     f"{inst.transfer_syntax_uid}",
+                                     "Content-Length": str(inst.size)})
+            async for chunk in store.open_range(inst.storage_key):
+                await response.write(chunk)
+            await writer.end_part()
+        await writer.close()
+    except FileNotFoundError:
+        # The index names a file that is gone: end the response broken rather than lie.
+        log.error("stored file missing for instance in study %s", found[0].study_uid)
+        raise
+    await response.write_eof()
+    return response
+
+
+async def metadata(request: web.Request) -> web.StreamResponse:
+    """GET .../metadata at study, series or instance level (PS3.18 §10.4.1.1.2)."""
+    study, series, sop = _scope(request)
+    if not any(r.type in ("application/dicom+json", "application/json", "*/*", "application/*")
+               for r in parse_accept(request.headers.get("Accept"))):
+        raise web.HTTPNotAcceptable(text="metadata is served as application/dicom+json")
+    reader: IndexReader = request.app["reader"]
+    base = base_url(request).encode("utf-8")
+    token = BASE_URL_TOKEN.encode("ascii")
+    response: web.StreamResponse | None = None
+    buf: list[bytes] = []
+    size = 0
+    async for doc in reader.metadata(study, series, sop):
+        buf.append(doc.replace(token, base))
+        size += len(doc)
+        if size >= 1 << 20:  # stream large results instead of building them whole
+            if response is None:
+                response = await _start_json_stream(request)
+                await response.write(b"[" + b",".join(buf))
+            else:
+                await response.write(b"," + b",".join(buf))
+            buf, size = [], 0
+    if response is None:
+        if not buf:
+            raise web.HTTPNotFound(text="no such study, series or instance")
+        return web.Response(body=b"[" + b",".join(buf) + b"]",
+                            content_type="application/dicom+json", charset="utf-8")
+    await response.write((b"," + b",".join(buf) if buf else b"") + b"]")
+    await response.write_eof()
+    return response
+
+
+async def _start_json_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/dicom+json; charset=utf-8"})
+    await response.prepare(request)
+    return response
+
+
+def _read_bulk_by_parsing(store: BlobStore, key: str, tag_path: str) -> bytes:
+    """Bulk value of a file whose offsets are not usable (deflated or big endian): parse it."""
+    with store.open_sync(key) as fp:
+        ds = dcmread(fp)
+    parts = tag_path.split("/")
+    node = ds
+    for i in range(0, len(parts) - 1, 2):
+        node = node[int(parts[i], 16)].value[int(parts[i + 1])]
+    elem = node[int(parts[-1], 16)]
+    value = elem.value
+    if isinstance(value, bytes) and elem.VR in ("OW", "OF", "OL", "OD", "OV") and not ds.is_little_endian:
+        # PS3.18 §8.7.3.3.2: bulk data is little endian; swap the file's big-endian words.
+        size = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}[elem.VR]
+        value = b"".join(value[j:j + size][::-1] for j in range(0, len(value), size))
+    return value
+
+
+async def bulkdata(request: web.Request) -> web.StreamResponse:
+    """GET .../instances/{instance}/bulk/{path}: one bulk value as application/octet-stream."""
+    study, series, sop = _scope(request)
+    tag_path = request.match_info["path"]
+    if not all(p.isalnum() and len(p) <= 8 for p in tag_path.split("/")):
+        raise web.HTTPBadRequest(text="malformed bulk data path")
+    if not any(r.type in ("multipart/related", "application/octet-stream", "*/*", "multipart/*",
+                          "application/*") for r in parse_accept(request.headers.get("Accept"))):
+        raise web.HTTPNotAcceptable(text='bulk data is multipart/related; type="application/octet-stream"')
+    reader: IndexReader = request.app["reader"]
+    assert series is not None and sop is not None
+    found = await reader.bulk(study, series, sop, tag_path)
+    if found is None:
+        raise web.HTTPNotFound(text="no such bulk data")
+    inst, (offset, length) = found
+    store = request.app["store"]
+    boundary = new_boundary()
+    response = web.StreamResponse(headers={
+        "Content-Type": MultipartWriter.content_type(boundary, "application/octet-stream")})
+    await response.prepare(request)
+    writer = MultipartWriter(response, boundary)
+    if offset is None:
+        loop = asyncio.get_running_loop()
+        value = await loop.run_in_executor(None, _read_bulk_by_parsing, store, inst.storage_key,
+                                           tag_path)
+        await writer.begin_part({"Content-Type": "application/octet-stream",
+                                 "Content-Length": str(len(value))})
+        await response.write(value)
+    else:
+        await writer.begin_part({"Content-Type": "application/octet-stream",
+                                 "Content-Length": str(length)})
+        async for chunk in store.open_range(inst.storage_key, offset, offset + length):
+            await response.write(chunk)
+    await writer.end_part()
+    await writer.close()
+    await response.write_eof()
+    return response

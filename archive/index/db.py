@@ -1,0 +1,56 @@
+"""Engine set-up: SQLite in WAL mode with durable commits, schema creation and version check."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, insert, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from archive.index.schema import SCHEMA_VERSION, metadata, schema_info
+
+log = logging.getLogger("archive.index")
+
+
+class SchemaError(RuntimeError):
+    """The database holds a schema this code does not know."""
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL: readers never wait on the writer. synchronous=FULL: a commit is on disk when it
+    # returns, so an acknowledged instance survives power loss, not only a process crash.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    # PS3.4 matching is case-sensitive except for PN (which we match on upper-cased columns).
+    cur.execute("PRAGMA case_sensitive_like=ON")
+    cur.execute("PRAGMA cache_size=-16000")
+    cur.close()
+
+
+def create_engine(url: str, echo: bool = False) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, echo=echo)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+async def init_schema(engine: AsyncEngine) -> None:
+    """Create the tables on a new database; refuse a database of another schema version."""
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+        versions = (await conn.execute(select(schema_info.c.version))).scalars().all()
+        if not versions:
+            await conn.execute(insert(schema_info).values(version=SCHEMA_VERSION))
+        elif max(versions) != SCHEMA_VERSION:
+            raise SchemaError(
+                f"index schema version {max(versions)} does not match this server's "
+                f"{SCHEMA_VERSION}; use a matching release or a new database")

@@ -1,0 +1,85 @@
+"""Read paths of the index for WADO-RS: which files make up a study/series/instance, their stored
+DICOM JSON, and where a bulk data value lives. No file is parsed here."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from archive.index.schema import instances, series, studies
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    storage_key: str
+    size: int
+
+
+def _scope(stmt: Select, study: str, series_uid: str | None, sop: str | None) -> Select:
+    stmt = stmt.where(studies.c.study_uid == study)
+    if series_uid is not None:
+        stmt = stmt.where(series.c.series_uid == series_uid)
+    if sop is not None:
+        stmt = stmt.where(instances.c.sop_uid == sop)
+    return stmt
+
+
+_FROM = instances.join(series, instances.c.series_pk == series.c.pk).join(
+    studies, series.c.study_pk == studies.c.pk)
+_ORDER = (series.c.series_number, series.c.pk, instances.c.instance_number, instances.c.pk)
+
+
+class IndexReader:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def instances(self, study: str, series_uid: str | None = None,
+                        sop: str | None = None) -> list[StoredInstance]:
+        stmt = _scope(select(studies.c.study_uid, series.c.series_uid, instances.c.sop_uid,
+                             instances.c.sop_class_uid, instances.c.transfer_syntax_uid,
+                             instances.c.storage_key, instances.c.size).select_from(_FROM),
+                      study, series_uid, sop).order_by(*_ORDER)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [StoredInstance(*row) for row in rows]
+
+    async def metadata(self, study: str, series_uid: str | None = None, sop: str | None = None,
+                       batch: int = 500) -> AsyncIterator[bytes]:
+        """The stored DICOM JSON of each instance (UTF-8, with the base URL token), streamed."""
+        stmt = _scope(select(instances.c.meta_json).select_from(_FROM), study, series_uid, sop)
+        stmt = stmt.order_by(*_ORDER).execution_options(yield_per=batch)
+        async with self.engine.connect() as conn:
+            result = await conn.stream(stmt)
+            async for (blob,) in result:
+                yield zlib.decompress(blob)
+
+    async def sha256(self, sop: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(
+                select(instances.c.sha256).where(instances.c.sop_uid == sop))).scalar()
+
+    async def bulk(self, study: str, series_uid: str, sop: str,
+                   path: str) -> tuple[StoredInstance, list[int | None]] | None:
+        """The instance and ``[offset|None, length]`` of one bulk value, if it exists."""
+        stmt = _scope(select(studies.c.study_uid, series.c.series_uid, instances.c.sop_uid,
+                             instances.c.sop_class_uid, instances.c.transfer_syntax_uid,
+                             instances.c.storage_key, instances.c.size, instances.c.bulk)
+                      .select_from(_FROM), study, series_uid, sop)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            return None
+        ref = json.loads(row.bulk).get(path)
+        if ref is None:
+            return None
+        return StoredInstance(*row[:7]), ref

@@ -1,0 +1,43 @@
+"""Index column values taken from an instance's DICOM JSON (the one parse at ingest)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from archive.query.attributes import ATTRIBUTES, INTEGER_VRS, Level
+
+
+def first_value(json: dict[str, Any], tag_hex: str) -> Any:
+    elem = json.get(tag_hex)
+    if not elem:
+        return None
+    values = elem.get("Value")
+    if not values:
+        return None
+    value = values[0]
+    if isinstance(value, dict):  # PN
+        return value.get("Alphabetic")
+    return value
+
+
+def column_values(json: dict[str, Any], level: Level) -> dict[str, Any]:
+    """Column -> value for the non-computed attributes of ``level``."""
+    out: dict[str, Any] = {}
+    for attr in ATTRIBUTES:
+        if attr.level != level or attr.computed:
+            continue
+        value = first_value(json, attr.tag_hex)
+        if value is not None and attr.vr in INTEGER_VRS:
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                value = None
+        elif value is not None and not isinstance(value, str):
+            value = str(value)
+        out[attr.column] = value
+    return out
+
+
+def normalize_pn(value: str | None) -> str | None:
+    """Upper-cased person name for case-insensitive matching (PS3.4 C.2.2.2.1 allows it)."""
+    return value.upper() if value is not None else None

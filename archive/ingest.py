@@ -1,0 +1,250 @@
+"""The one ingest pipeline: every way in (STOW-RS now, C-STORE and bulk import later) calls it.
+
+For each instance: stream the bytes into a staged blob (hashing the data set on the way), parse and
+validate it in an executor thread, build its DICOM JSON, commit the blob under a key made of its
+UIDs; then, for a whole batch, one index transaction. Only after that commit is anything reported
+as stored. A failure at any step leaves no trace: staged or orphaned blobs are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import struct
+import uuid
+import zlib
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from archive.dicom.jsonmodel import INSTANCE_URL_TOKEN
+from archive.dicom.part10 import (
+    CANNOT_UNDERSTAND,
+    DOES_NOT_MATCH,
+    InvalidInstance,
+    ParsedInstance,
+    parse_instance,
+)
+from archive.index.writer import IndexWriter, InstanceRecord, Outcome
+from storage.base import BlobStore, StorageError, StorageFullError
+
+log = logging.getLogger("archive.ingest")
+
+# Replaced by the server's public DICOMweb root when a response is built.
+BASE_URL_TOKEN = "@@BASE@@"
+
+# Failure reasons (PS3.18 Table 10.5.3-2 refers to the PS3.4 Annex B C-STORE statuses).
+OUT_OF_RESOURCES = 0xA700
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_SOP_INSTANCE = 0x0111
+
+
+@dataclass
+class IngestResult:
+    """What happened to one instance; ``status`` 0 means stored (or already stored)."""
+
+    status: int
+    message: str = ""
+    sop_class_uid: str | None = None
+    sop_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    outcome: Outcome | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+@dataclass
+class Prepared:
+    """A parsed instance whose blob is durable; indexing decides its fate."""
+
+    record: InstanceRecord
+    result: IngestResult
+
+
+class DatasetDigest:
+    """sha256 of the bytes after the File Meta, computed as the bytes stream by.
+
+    The data set (not the whole file) is hashed so that the same instance sent again with another
+    File Meta (a STOW-RS file, then a C-STORE whose meta we rebuild) is recognized as identical.
+    """
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._head = bytearray()
+        self._pos = 0
+        self.skip: int | None = None
+        self.valid = True
+
+    def update(self, data: bytes) -> None:
+        if self.skip is None:
+            self._head += data
+            self._pos += len(data)
+            if len(self._head) < 144:
+                return
+            head = bytes(self._head)
+            self._head = bytearray()
+            if head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+                self.valid = False
+                self.skip = -1
+                return
+            self.skip = 144 + struct.unpack("<L", head[140:144])[0]
+            if len(head) > self.skip:
+                self._hash.update(head[self.skip:])
+            return
+        start = self._pos
+        self._pos += len(data)
+        if not self.valid:
+            return
+        if start >= self.skip:
+            self._hash.update(data)
+        elif self._pos > self.skip:
+            self._hash.update(data[self.skip - start:])
+
+    def hexdigest(self, dataset_offset: int) -> str | None:
+        if not self.valid or self.skip != dataset_offset or self._pos < dataset_offset:
+            return None
+        return self._hash.hexdigest()
+
+
+def _encode_json(parsed: ParsedInstance) -> bytes:
+    """Compressed DICOM JSON with bulk data URIs rooted at this instance's WADO-RS URL."""
+    text = json.dumps(parsed.json, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    url = (f"{BASE_URL_TOKEN}/studies/{parsed.study_uid}/series/{parsed.series_uid}"
+           f"/instances/{parsed.sop_instance_uid}")
+    return zlib.compress(text.replace(INSTANCE_URL_TOKEN, url).encode("utf-8"), 1)
+
+
+def _parse_and_encode(path: str, threshold: int, digest: DatasetDigest) -> tuple[ParsedInstance, bytes]:
+    with open(path, "rb") as fp:
+        head = fp.read(132 + 12)
+    offset = 144 + struct.unpack("<L", head[140:144])[0] if len(head) == 144 else -1
+    parsed = parse_instance(path, threshold, digest.hexdigest(offset))
+    try:
+        return parsed, _encode_json(parsed)
+    except ValueError as exc:  # NaN or infinity in a float element: not representable in JSON
+        raise InvalidInstance(f"value not representable in DICOM JSON: {exc}") from exc
+
+
+def storage_key(parsed: ParsedInstance) -> str:
+    """Unique per write, so a blob is never replaced in place (see IndexWriter for why)."""
+    return (f"{parsed.study_uid}/{parsed.series_uid}/"
+            f"{parsed.sop_instance_uid}.{uuid.uuid4().hex[:12]}.dcm")
+
+
+class Ingest:
+    def __init__(self, store: BlobStore, writer: IndexWriter, bulk_data_threshold: int = 1024) -> None:
+        self.store = store
+        self.writer = writer
+        self.threshold = bulk_data_threshold
+
+    async def prepare(self, chunks: AsyncIterable[bytes],
+                      expected_study: str | None = None) -> Prepared | IngestResult:
+        """Stage, parse, validate and durably store one instance; not yet indexed."""
+        digest = DatasetDigest()
+        try:
+            blob = await self.store.create()
+        except StorageFullError as exc:
+            return IngestResult(OUT_OF_RESOURCES, str(exc))
+        committed = False
+        try:
+            try:
+                async for chunk in chunks:
+                    await blob.write(chunk, digest.update)
+            except StorageFullError as exc:
+                return IngestResult(OUT_OF_RESOURCES, str(exc))
+            loop = asyncio.get_running_loop()
+            path = str(blob.staged_path())
+            try:
+                parsed, meta_json = await loop.run_in_executor(
+                    None, _parse_and_encode, path, self.threshold, digest)
+            except InvalidInstance as exc:
+                return IngestResult(exc.status, str(exc))
+            result = IngestResult(0, "", parsed.sop_class_uid, parsed.sop_instance_uid,
+                                  parsed.study_uid, parsed.series_uid)
+            if expected_study is not None and parsed.study_uid != expected_study:
+                result.status = DOES_NOT_MATCH
+                result.message = "StudyInstanceUID differs from the study in the request URL"
+                return result
+            key = storage_key(parsed)
+            await blob.commit(key)
+            committed = True
+            record = InstanceRecord(
+                study_uid=parsed.study_uid, series_uid=parsed.series_uid,
+                sop_uid=parsed.sop_instance_uid, sop_class_uid=parsed.sop_class_uid,
+                transfer_syntax_uid=parsed.transfer_syntax, json=parsed.json, meta_json=meta_json,
+                bulk={k: [v.offset, v.length] for k, v in parsed.bulk.items()},
+                pixel=parsed.pixel.to_dict() if parsed.pixel else None,
+                sha256=parsed.sha256, size=blob.size, storage_key=key)
+            return Prepared(record, result)
+        except StorageFullError as exc:
+            return IngestResult(OUT_OF_RESOURCES, str(exc))
+        except StorageError as exc:
+            log.error("storage error: %s", exc)
+            return IngestResult(PROCESSING_FAILURE, "storage error")
+        finally:
+            if not committed:
+                await blob.abort()
+
+    async def commit(self, prepared: list[Prepared]) -> list[IngestResult]:
+        """Index a batch in one transaction, then drop blobs that nothing references."""
+        if not prepared:
+            return []
+        try:
+            outcomes = await self.writer.add([p.record for p in prepared])
+        except Exception:
+            log.exception("index transaction failed for %d instance(s)", len(prepared))
+            for p in prepared:
+                await self._drop(p.record.storage_key)
+            return [_failed(p.result, PROCESSING_FAILURE, "index error") for p in prepared]
+        results: list[IngestResult] = []
+        for p, added in zip(prepared, outcomes, strict=True):
+            res = p.result
+            res.outcome = added.outcome
+            if added.outcome is Outcome.CONFLICT:
+                res.status = DUPLICATE_SOP_INSTANCE
+                res.message = "a different instance with this SOP Instance UID is stored already"
+            if added.obsolete_key:
+                await self._drop(added.obsolete_key)
+            log.info("%s sop=%s study=%s series=%s bytes=%d", added.outcome.value, res.sop_uid,
+                     res.study_uid, res.series_uid, p.record.size)
+            results.append(res)
+        return results
+
+    async def store(self, chunks: AsyncIterable[bytes],
+                    expected_study: str | None = None) -> IngestResult:
+        """Ingest one instance completely (prepare + commit)."""
+        prepared = await self.prepare(chunks, expected_study)
+        if isinstance(prepared, IngestResult):
+            return prepared
+        return (await self.commit([prepared]))[0]
+
+    async def _drop(self, key: str) -> None:
+        try:
+            await self.store.delete(key)
+        except Exception:  # a stray blob is harmless; verify (issue 9) finds it
+            log.warning("could not delete unreferenced blob %s", key)
+
+
+def _failed(result: IngestResult, status: int, message: str) -> IngestResult:
+    result.status = status
+    result.message = message
+    return result
+
+
+def reason_text(status: int) -> str:
+    return {
+        OUT_OF_RESOURCES: "out of resources",
+        DOES_NOT_MATCH: "data set does not match",
+        CANNOT_UNDERSTAND: "cannot understand",
+        PROCESSING_FAILURE: "processing failure",
+        DUPLICATE_SOP_INSTANCE: "duplicate SOP instance",
+    }.get(status, "failure")
+
+
+def failure_dict(result: IngestResult) -> dict[str, Any]:
+    return {"status": result.status, "message": result.message}

@@ -1,0 +1,80 @@
+"""The storage interface: stage a stream, commit it under a key, read ranges back, delete.
+
+Writes are staged because the caller learns the key (from the DICOM UIDs) only after the bytes
+have arrived: ``create()`` gives a :class:`BlobWriter`, the caller streams into it, inspects the
+staged bytes, then ``commit(key)`` makes them durable under that key in one atomic step, or
+``abort()`` throws them away.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+class StorageError(Exception):
+    """A backend could not complete an operation."""
+
+
+class StorageFullError(StorageError):
+    """Out of space (or quota): the write was not made."""
+
+
+class InvalidKeyError(StorageError, ValueError):
+    """A key that is not a plain relative path of safe characters."""
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the store: absolute, ``..``, odd characters."""
+    if len(key) > 1024 or not _KEY_RE.match(key) or any(p in (".", "..") for p in key.split("/")):
+        raise InvalidKeyError(f"invalid storage key {key!r}")
+    return key
+
+
+class BlobWriter(Protocol):
+    """A staged blob being written; invisible to readers until :meth:`commit`."""
+
+    size: int
+
+    async def write(self, data: bytes, tap: Callable[[bytes], None] | None = None) -> None:
+        """Append ``data``; ``tap`` (e.g. a digest) sees the same bytes, off the event loop."""
+        ...
+
+    def staged_path(self) -> Path:
+        """A local file holding the staged bytes, readable until commit/abort."""
+        ...
+
+    async def commit(self, key: str) -> None:
+        """Make the staged bytes durable under ``key`` (replacing nothing: keys are unique)."""
+        ...
+
+    async def abort(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Where instance files live. Keys are relative paths chosen by the archive."""
+
+    async def start(self) -> None:
+        """Prepare the store and clean leftovers of interrupted writes."""
+        ...
+
+    async def create(self) -> BlobWriter: ...
+
+    def open_range(self, key: str, start: int = 0, end: int | None = None,
+                   chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """Yield the bytes ``[start, end)`` of a blob in chunks."""
+        ...
+
+    def open_sync(self, key: str) -> BinaryIO:
+        """A seekable binary file object, for use in executor threads only."""
+        ...
+
+    async def size(self, key: str) -> int: ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def delete(self, key: str) -> None: ...

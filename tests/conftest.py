@@ -1,0 +1,115 @@
+"""Shared fixtures: an app per test on a temporary folder, a real server subprocess, helpers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from archive.app import create_app
+from archive.config import Config, from_dict
+from tests.samples import IN_CI, SHARED_SAMPLES, shared_available
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if IN_CI and not shared_available():
+        raise pytest.UsageError(f"CI=true but the shared DICOM samples are missing at {SHARED_SAMPLES}")
+
+
+def make_config(root: Path, **sections: dict) -> Config:
+    data: dict = {"storage": {"path": str(root / "files")},
+                  "database": {"url": f"sqlite+aiosqlite:///{root / 'index.db'}"},
+                  "log": {"level": "warning"}}
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return from_dict(data, base_dir=root)
+
+
+@pytest.fixture
+def archive_config(tmp_path: Path) -> Config:
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+async def client(aiohttp_client, archive_config: Config):
+    """An aiohttp test client on a fresh archive (SQLite + folder under tmp_path)."""
+    return await aiohttp_client(create_app(archive_config))
+
+
+def multipart(parts: list[bytes], part_type: str = "application/dicom") -> tuple[bytes, str]:
+    """A multipart/related body of ``parts`` and its Content-Type."""
+    boundary = uuid.uuid4().hex
+    chunks = []
+    for data in parts:
+        chunks.append(f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + data + b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f'multipart/related; type="{part_type}"; boundary={boundary}'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """``imaging-archive serve`` as a subprocess, as a user runs it."""
+
+    def __init__(self, root: Path, extra_toml: str = "") -> None:
+        self.root = root
+        self.port = free_port()
+        self.config = root / "config.toml"
+        self.config.write_text(
+            f'[http]\nhost = "127.0.0.1"\nport = {self.port}\n'
+            f'[storage]\npath = "files"\n[database]\nurl = "sqlite+aiosqlite:///index.db"\n'
+            f'[log]\nlevel = "info"\n{extra_toml}', encoding="utf-8")
+        self.log = open(root / "server.log", "wb")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        env = dict(os.environ)
+        self.proc = subprocess.Popen([sys.executable, "-m", "archive", "serve", "--config", str(self.config)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {(self.root / 'server.log').read_text()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
