@@ -34,6 +34,7 @@ def _cors_origin(request: web.Request, origins: list[str]) -> str | None:
 
 @web.middleware
 async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answers CORS preflight requests; the other responses get their headers in _cors_headers."""
     origins: list[str] = request.app["config"].http.cors_origins
     allowed = _cors_origin(request, origins)
     if request.method == "OPTIONS" and allowed and "Access-Control-Request-Method" in request.headers:
@@ -43,18 +44,16 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "Access-Control-Allow-Headers": _CORS_HEADERS,
             "Access-Control-Max-Age": "600",
             "Vary": "Origin"})
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        if allowed:
-            exc.headers["Access-Control-Allow-Origin"] = allowed
-            exc.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
-        raise
-    if allowed and not response.prepared:
+    return await handler(request)
+
+
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response, streamed ones and errors included, gets CORS headers."""
+    allowed = _cors_origin(request, request.app["config"].http.cors_origins)
+    if allowed and "Access-Control-Allow-Origin" not in response.headers:
         response.headers["Access-Control-Allow-Origin"] = allowed
         response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
         response.headers["Vary"] = "Origin"
-    return response
 
 
 @web.middleware
@@ -117,12 +116,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     log.info("ready: storage=%s database=%s", cfg.storage_path, engine.url.render_as_string())
     yield
     await engine.dispose()
+    store.close()
 
 
 def create_app(cfg: Config) -> web.Application:
     app = web.Application(middlewares=[cors_middleware, error_middleware],
                           client_max_size=1024 ** 4)
     app["config"] = cfg
+    app.on_response_prepare.append(_cors_headers)
     app.cleanup_ctx.append(_resources)
     _routes(app)
     return app

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 DUPLICATE_POLICIES = ("reject", "overwrite")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -144,6 +146,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[qido] max_results must be at least 1")
     if cfg.ingest.bulk_data_threshold < 0:
         raise ConfigError("[ingest] bulk_data_threshold must not be negative")
+    if cfg.log.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
+    if cfg.log.format not in LOG_FORMATS:
+        raise ConfigError(f"[log] format must be one of {', '.join(LOG_FORMATS)}")
 
 
 def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:

@@ -16,8 +16,7 @@ import struct
 import uuid
 import zlib
 from collections.abc import AsyncIterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from archive.dicom.jsonmodel import INSTANCE_URL_TOKEN
 from archive.dicom.part10 import (
@@ -28,7 +27,7 @@ from archive.dicom.part10 import (
     parse_instance,
 )
 from archive.index.writer import IndexWriter, InstanceRecord, Outcome
-from storage.base import BlobStore, StorageError, StorageFullError
+from storage.base import BlobStore, BlobWriter, StorageError, StorageFullError
 
 log = logging.getLogger("archive.ingest")
 
@@ -59,9 +58,18 @@ class IngestResult:
 
 
 @dataclass
-class Prepared:
-    """A parsed instance whose blob is durable; indexing decides its fate."""
+class Staged:
+    """The bytes of one instance, received into a staged blob (not yet parsed)."""
 
+    blob: BlobWriter
+    digest: DatasetDigest
+
+
+@dataclass
+class Prepared:
+    """A parsed, valid instance whose staged blob awaits commit; indexing decides its fate."""
+
+    blob: BlobWriter
     record: InstanceRecord
     result: IngestResult
 
@@ -137,87 +145,119 @@ def storage_key(parsed: ParsedInstance) -> str:
 
 
 class Ingest:
+    """The pipeline: :meth:`receive` (stream to a staged blob), :meth:`finish` (parse and
+    validate, in an executor), :meth:`commit` (make a batch durable, then index it).
+    :meth:`store` does all three for one instance."""
+
     def __init__(self, store: BlobStore, writer: IndexWriter, bulk_data_threshold: int = 1024) -> None:
         self.store = store
         self.writer = writer
         self.threshold = bulk_data_threshold
 
-    async def prepare(self, chunks: AsyncIterable[bytes],
-                      expected_study: str | None = None) -> Prepared | IngestResult:
-        """Stage, parse, validate and durably store one instance; not yet indexed."""
+    async def receive(self, chunks: AsyncIterable[bytes]) -> Staged | IngestResult:
+        """Stream one instance's bytes into storage (hashing its data set on the way)."""
         digest = DatasetDigest()
         try:
             blob = await self.store.create()
         except StorageFullError as exc:
             return IngestResult(OUT_OF_RESOURCES, str(exc))
-        committed = False
+        ok = False
         try:
-            try:
-                async for chunk in chunks:
-                    await blob.write(chunk, digest.update)
-            except StorageFullError as exc:
-                return IngestResult(OUT_OF_RESOURCES, str(exc))
-            loop = asyncio.get_running_loop()
-            path = str(blob.staged_path())
-            try:
-                parsed, meta_json = await loop.run_in_executor(
-                    None, _parse_and_encode, path, self.threshold, digest)
-            except InvalidInstance as exc:
-                return IngestResult(exc.status, str(exc))
-            result = IngestResult(0, "", parsed.sop_class_uid, parsed.sop_instance_uid,
-                                  parsed.study_uid, parsed.series_uid)
-            if expected_study is not None and parsed.study_uid != expected_study:
-                result.status = DOES_NOT_MATCH
-                result.message = "StudyInstanceUID differs from the study in the request URL"
-                return result
-            key = storage_key(parsed)
-            await blob.commit(key)
-            committed = True
-            record = InstanceRecord(
-                study_uid=parsed.study_uid, series_uid=parsed.series_uid,
-                sop_uid=parsed.sop_instance_uid, sop_class_uid=parsed.sop_class_uid,
-                transfer_syntax_uid=parsed.transfer_syntax, json=parsed.json, meta_json=meta_json,
-                bulk={k: [v.offset, v.length] for k, v in parsed.bulk.items()},
-                pixel=parsed.pixel.to_dict() if parsed.pixel else None,
-                sha256=parsed.sha256, size=blob.size, storage_key=key)
-            return Prepared(record, result)
+            async for chunk in chunks:
+                await blob.write(chunk, digest.update)
+            ok = True
+            return Staged(blob, digest)
         except StorageFullError as exc:
             return IngestResult(OUT_OF_RESOURCES, str(exc))
         except StorageError as exc:
-            log.error("storage error: %s", exc)
+            log.error("storage error while receiving: %s", exc)
             return IngestResult(PROCESSING_FAILURE, "storage error")
         finally:
-            if not committed:
+            if not ok:
                 await blob.abort()
 
+    async def finish(self, staged: Staged, expected_study: str | None = None) -> Prepared | IngestResult:
+        """Parse and validate a received instance; a failure discards its staged blob."""
+        blob = staged.blob
+        try:
+            loop = asyncio.get_running_loop()
+            parsed, meta_json = await loop.run_in_executor(
+                None, _parse_and_encode, str(blob.staged_path()), self.threshold, staged.digest)
+        except InvalidInstance as exc:
+            await blob.abort()
+            return IngestResult(exc.status, str(exc))
+        except BaseException:
+            await blob.abort()
+            raise
+        result = IngestResult(0, "", parsed.sop_class_uid, parsed.sop_instance_uid,
+                              parsed.study_uid, parsed.series_uid)
+        if expected_study is not None and parsed.study_uid != expected_study:
+            await blob.abort()
+            return _failed(result, DOES_NOT_MATCH,
+                           "StudyInstanceUID differs from the study in the request URL")
+        record = InstanceRecord(
+            study_uid=parsed.study_uid, series_uid=parsed.series_uid,
+            sop_uid=parsed.sop_instance_uid, sop_class_uid=parsed.sop_class_uid,
+            transfer_syntax_uid=parsed.transfer_syntax, json=parsed.json, meta_json=meta_json,
+            bulk={k: [v.offset, v.length] for k, v in parsed.bulk.items()},
+            pixel=parsed.pixel.to_dict() if parsed.pixel else None,
+            sha256=parsed.sha256, size=blob.size, storage_key=storage_key(parsed))
+        return Prepared(blob, record, result)
+
+    async def prepare(self, chunks: AsyncIterable[bytes],
+                      expected_study: str | None = None) -> Prepared | IngestResult:
+        staged = await self.receive(chunks)
+        if isinstance(staged, IngestResult):
+            return staged
+        return await self.finish(staged, expected_study)
+
+    async def discard(self, prepared: list[Prepared]) -> None:
+        """Give up prepared instances (e.g. the client went away before the batch committed)."""
+        for p in prepared:
+            await p.blob.abort()
+
     async def commit(self, prepared: list[Prepared]) -> list[IngestResult]:
-        """Index a batch in one transaction, then drop blobs that nothing references."""
+        """Make a batch durable in storage, index it in one transaction, and only then report
+        it stored; blobs that end up unreferenced are deleted."""
         if not prepared:
             return []
+        errors = await self.store.commit_many([(p.blob, p.record.storage_key) for p in prepared])
+        durable: list[Prepared] = []
+        for p, err in zip(prepared, errors, strict=True):
+            if err is None:
+                durable.append(p)
+                continue
+            await self._drop(p.record.storage_key)
+            status = OUT_OF_RESOURCES if isinstance(err, StorageFullError) else PROCESSING_FAILURE
+            log.error("storage commit failed sop=%s: %s", p.result.sop_uid, err)
+            _failed(p.result, status, str(err) if status == OUT_OF_RESOURCES else "storage error")
+        if durable:
+            await self._index(durable)
+        return [p.result for p in prepared]
+
+    async def _index(self, durable: list[Prepared]) -> None:
         try:
-            outcomes = await self.writer.add([p.record for p in prepared])
+            outcomes = await self.writer.add([p.record for p in durable])
         except Exception:
-            log.exception("index transaction failed for %d instance(s)", len(prepared))
-            for p in prepared:
+            log.exception("index transaction failed for %d instance(s)", len(durable))
+            for p in durable:
                 await self._drop(p.record.storage_key)
-            return [_failed(p.result, PROCESSING_FAILURE, "index error") for p in prepared]
-        results: list[IngestResult] = []
-        for p, added in zip(prepared, outcomes, strict=True):
+                _failed(p.result, PROCESSING_FAILURE, "index error")
+            return
+        for p, added in zip(durable, outcomes, strict=True):
             res = p.result
             res.outcome = added.outcome
             if added.outcome is Outcome.CONFLICT:
-                res.status = DUPLICATE_SOP_INSTANCE
-                res.message = "a different instance with this SOP Instance UID is stored already"
+                _failed(res, DUPLICATE_SOP_INSTANCE,
+                         "a different instance with this SOP Instance UID is stored already")
             if added.obsolete_key:
                 await self._drop(added.obsolete_key)
             log.info("%s sop=%s study=%s series=%s bytes=%d", added.outcome.value, res.sop_uid,
                      res.study_uid, res.series_uid, p.record.size)
-            results.append(res)
-        return results
 
     async def store(self, chunks: AsyncIterable[bytes],
                     expected_study: str | None = None) -> IngestResult:
-        """Ingest one instance completely (prepare + commit)."""
+        """Ingest one instance completely (receive, finish, commit)."""
         prepared = await self.prepare(chunks, expected_study)
         if isinstance(prepared, IngestResult):
             return prepared
@@ -246,5 +286,3 @@ def reason_text(status: int) -> str:
     }.get(status, "failure")
 
 
-def failure_dict(result: IngestResult) -> dict[str, Any]:
-    return {"status": result.status, "message": result.message}

@@ -30,7 +30,7 @@ class InvalidKeyError(StorageError, ValueError):
 
 def check_key(key: str) -> str:
     """Reject keys that could escape the store: absolute, ``..``, odd characters."""
-    if len(key) > 1024 or not _KEY_RE.match(key) or any(p in (".", "..") for p in key.split("/")):
+    if len(key) > 1024 or not _KEY_RE.fullmatch(key) or any(p in (".", "..") for p in key.split("/")):
         raise InvalidKeyError(f"invalid storage key {key!r}")
     return key
 
@@ -63,6 +63,15 @@ class BlobStore(Protocol):
         ...
 
     async def create(self) -> BlobWriter: ...
+
+    def close(self) -> None:
+        """Release the store's resources (threads, connections)."""
+        ...
+
+    async def commit_many(self, items: list[tuple[BlobWriter, str]]) -> list[StorageError | None]:
+        """Commit staged blobs under their keys; per item None or the error (that item is
+        aborted). Batching lets a backend overlap the durability work of many blobs."""
+        ...
 
     def open_range(self, key: str, start: int = 0, end: int | None = None,
                    chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:

@@ -14,6 +14,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -42,16 +43,27 @@ def _storage_error(exc: OSError, what: str) -> StorageError:
 class _FileWriter:
     """A staged file in ``tmp/``; see :class:`storage.base.BlobWriter`."""
 
-    def __init__(self, store: FilesystemStore, path: Path, fd: int) -> None:
+    def __init__(self, store: FilesystemStore, path: Path) -> None:
         self._store = store
         self._path = path
-        self._fd: int | None = fd
+        self._fd: int | None = None  # opened by the first write: one executor hop less
+        self._closed = False
         self.size = 0
 
+    def _open(self) -> int:
+        if self._fd is None:
+            if self._closed:
+                raise StorageError("staged blob is closed")
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        return self._fd
+
     def staged_path(self) -> Path:
+        if self._fd is None and not self._closed:
+            self._open()  # an empty blob still has a (zero-length) file
         return self._path
 
     def _write_all(self, data: bytes, tap: Callable[[bytes], None] | None) -> None:
+        self._open()
         assert self._fd is not None
         if tap is not None:
             tap(data)
@@ -69,31 +81,27 @@ class _FileWriter:
             raise _storage_error(exc, "write failed") from exc
         self.size += len(data)
 
-    def _commit(self, key: str) -> None:
+    def _link(self, key: str) -> list[Path]:
+        """fsync the staged file and give it its final name; return directories to fsync."""
+        self._open()
         assert self._fd is not None
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = None
+        self._closed = True
         final = self._store.data_dir / key
         created = self._store._makedirs(final.parent)
         os.link(self._path, final)  # atomic, and never replaces an existing blob
         os.unlink(self._path)
-        _fsync_dir(final.parent)
-        for parent in created:
-            _fsync_dir(parent)
+        return [final.parent, *created]
 
     async def commit(self, key: str) -> None:
-        check_key(key)
-        try:
-            await self._store._run(self._commit, key)
-        except FileExistsError as exc:
-            await self.abort()
-            raise StorageError(f"blob {key} exists already") from exc
-        except OSError as exc:
-            await self.abort()
-            raise _storage_error(exc, f"commit of {key} failed") from exc
+        error = (await self._store.commit_many([(self, key)]))[0]
+        if error is not None:
+            raise error
 
     def _abort(self) -> None:
+        self._closed = True
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -109,13 +117,19 @@ class _FileWriter:
 class FilesystemStore:
     """Blobs as files below ``root``."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], io_threads: int = 16) -> None:
         self.root = Path(root)
         self.data_dir = self.root / "data"
         self.tmp_dir = self.root / "tmp"
+        # Disk calls wait (fsync above all) without holding the GIL: a pool of their own keeps
+        # them from queueing behind CPU work in the loop's default executor.
+        self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="storage-io")
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
     def _makedirs(self, path: Path) -> list[Path]:
         """mkdir -p; return the parents whose entries changed (to fsync them)."""
@@ -147,16 +161,36 @@ class FilesystemStore:
         if removed:
             log.warning("removed %d leftover staged file(s) of interrupted writes", removed)
 
-    def _create(self) -> _FileWriter:
-        path = self.tmp_dir / f"{uuid.uuid4().hex}.part"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        return _FileWriter(self, path, fd)
-
     async def create(self) -> _FileWriter:
-        try:
-            return await self._run(self._create)
-        except OSError as exc:
-            raise _storage_error(exc, "cannot create staged file") from exc
+        return _FileWriter(self, self.tmp_dir / f"{uuid.uuid4().hex}.part")
+
+    async def commit_many(self, items: list[tuple[_FileWriter, str]]) -> list[StorageError | None]:
+        """Commit several staged blobs at once: their fsyncs run in parallel (the file system
+        merges them into fewer journal commits) and each directory is fsynced once."""
+        for _, key in items:
+            check_key(key)
+        outcomes = await asyncio.gather(*(self._run(w._link, key) for w, key in items),
+                                        return_exceptions=True)
+        errors: list[StorageError | None] = []
+        dirs: set[Path] = set()
+        for (writer, key), outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                await writer.abort()
+                if isinstance(outcome, FileExistsError):
+                    errors.append(StorageError(f"blob {key} exists already"))
+                elif isinstance(outcome, OSError):
+                    errors.append(_storage_error(outcome, f"commit of {key} failed"))
+                else:
+                    raise outcome
+            else:
+                dirs.update(outcome)
+                errors.append(None)
+        synced = await asyncio.gather(*(self._run(_fsync_dir, d) for d in dirs), return_exceptions=True)
+        failure = next((e for e in synced if isinstance(e, OSError)), None)
+        if failure is not None:  # the names may not survive a crash: fail them all
+            err = _storage_error(failure, "directory sync failed")
+            return [err for _ in items]
+        return errors
 
     def path(self, key: str) -> Path:
         return self.data_dir / check_key(key)
@@ -164,7 +198,7 @@ class FilesystemStore:
     async def open_range(self, key: str, start: int = 0, end: int | None = None,
                          chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         path = self.path(key)
-        async with aiofiles.open(path, "rb") as f:
+        async with aiofiles.open(path, "rb", executor=self._pool) as f:
             if start:
                 await f.seek(start)
             remaining = None if end is None else max(0, end - start)

@@ -13,7 +13,7 @@ _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
 def is_valid_uid(value: object) -> bool:
     """True for a syntactically valid UID (at least two components, as every real root has)."""
-    return isinstance(value, str) and 0 < len(value) <= 64 and _UID_RE.match(value) is not None
+    return isinstance(value, str) and 0 < len(value) <= 64 and _UID_RE.fullmatch(value) is not None
 
 
 class InvalidUIDError(ValueError):

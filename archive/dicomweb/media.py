@@ -83,7 +83,9 @@ def json_response(data: Any, request: web.Request, status: int = 200,
                   headers: dict[str, str] | None = None) -> web.Response:
     text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     text = text.replace(BASE_URL_TOKEN, base_url(request))
-    return web.Response(text=text, status=status, content_type=DICOM_JSON, charset="utf-8",
+    # No charset parameter: DICOM JSON is always UTF-8, and clients (dicomweb-client's STOW-RS)
+    # compare the media type exactly.
+    return web.Response(body=text.encode("utf-8"), status=status, content_type=DICOM_JSON,
                         headers=headers)
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from archive.dicomweb.media import json_response, parse_accept, uid_param, warning_header
+from archive.dicomweb.media import base_url, json_response, parse_accept, uid_param, warning_header
 from archive.query.attributes import Level
 from archive.query.model import QueryError
 from archive.query.params import parse_qido
 from archive.query.results import extra_attributes, to_json
 from archive.query.sql import build_select
-from archive.dicomweb.media import base_url
 
 _JSON_TYPES = ("application/dicom+json", "application/json", "*/*", "application/*")
 

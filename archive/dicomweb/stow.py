@@ -7,28 +7,25 @@ in one transaction per up to ``_BATCH`` instances and only then acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import web
 
 from archive.dicomweb.media import base_url, json_response, parse_media_type, uid_param, warning_header
+from archive.dicomweb.multipart import MultipartError, MultipartReader
 from archive.ingest import CANNOT_UNDERSTAND, Ingest, IngestResult, Prepared
 
 log = logging.getLogger("archive.stow")
 
-_BATCH = 100
+_BATCH = 50
 _CHUNK = 1 << 20
 
 
-class _BadBody(Exception):
-    """The multipart body itself is broken (boundary, framing, truncation)."""
-
-
-def _check_content_type(request: web.Request) -> None:
-    ctype = request.headers.get("Content-Type", "")
-    mr = parse_media_type(ctype)
+def _boundary(request: web.Request) -> str:
+    """The boundary of a ``multipart/related; type="application/dicom"`` body, else 415/400."""
+    mr = parse_media_type(request.headers.get("Content-Type", ""))
     if mr.type != "multipart/related":
         raise web.HTTPUnsupportedMediaType(
             text='STOW-RS takes multipart/related; type="application/dicom"')
@@ -36,26 +33,10 @@ def _check_content_type(request: web.Request) -> None:
     if part_type != "application/dicom":
         raise web.HTTPUnsupportedMediaType(
             text=f"multipart type {part_type!r} is not supported; use application/dicom")
-    if not mr.params.get("boundary"):
+    boundary = mr.params.get("boundary")
+    if not boundary:
         raise web.HTTPBadRequest(text="multipart/related body without a boundary parameter")
-
-
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    try:
-        while chunk := await part.read_chunk(_CHUNK):
-            yield chunk
-    except (ValueError, AssertionError) as exc:
-        raise _BadBody(str(exc)) from exc
-
-
-async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
-    try:
-        part = await reader.next()
-    except (ValueError, AssertionError) as exc:
-        raise _BadBody(str(exc)) from exc
-    if part is not None and not isinstance(part, BodyPartReader):
-        raise _BadBody("nested multipart bodies are not supported")
-    return part
+    return boundary
 
 
 def _failed_item(res: IngestResult) -> dict[str, Any]:
@@ -74,50 +55,64 @@ def _stored_item(res: IngestResult, base: str) -> dict[str, Any]:
             "00081190": {"vr": "UR", "Value": [url]}}
 
 
-async def _receive(request: web.Request, ingest: Ingest, study: str | None) -> list[IngestResult]:
-    """Ingest every part; returns the results in part order. Raises _BadBody on framing errors."""
-    reader = MultipartReader(request.headers, request.content)
+async def _receive(request: web.Request, ingest: Ingest, study: str | None,
+                   boundary: str) -> list[IngestResult]:
+    """Ingest every part; returns the results in part order. Raises MultipartError on framing
+    errors.
+
+    Parts are received one after the other (the body is one stream), but each one's parsing runs
+    while the next arrives, and a batch is made durable and indexed together.
+    """
+    reader = MultipartReader(request.content, boundary, _CHUNK)
     results: list[IngestResult | None] = []
-    batch: list[tuple[int, Prepared]] = []
+    pending: list[tuple[int, asyncio.Task[Prepared | IngestResult]]] = []
 
     async def flush() -> None:
-        done = await ingest.commit([p for _, p in batch])
-        for (i, _), res in zip(batch, done, strict=True):
+        done = await asyncio.gather(*(t for _, t in pending))
+        batch = [(i, p) for (i, _), p in zip(pending, done, strict=True)]
+        pending.clear()
+        for i, p in batch:
+            if isinstance(p, IngestResult):
+                results[i] = p
+        ready = [(i, p) for i, p in batch if isinstance(p, Prepared)]
+        committed = await ingest.commit([p for _, p in ready])
+        for (i, _), res in zip(ready, committed, strict=True):
             results[i] = res
-        batch.clear()
 
     try:
-        while (part := await _next_part(reader)) is not None:
-            ptype = parse_media_type(part.headers.get("Content-Type", "application/dicom")).type
+        while (headers := await reader.next_part()) is not None:
+            ptype = parse_media_type(headers.get("content-type", "application/dicom")).type
             if ptype != "application/dicom":
-                await part.release()
                 results.append(IngestResult(CANNOT_UNDERSTAND, f"part of type {ptype!r} ignored"))
                 continue
-            prepared = await ingest.prepare(_part_chunks(part), study)
-            if isinstance(prepared, Prepared):
-                results.append(None)
-                batch.append((len(results) - 1, prepared))
-                if len(batch) >= _BATCH:
-                    await flush()
-            else:
-                results.append(prepared)
-    except _BadBody:
-        # Instances already indexed stay; the ones staged in this batch are dropped.
-        for _, p in batch:
-            await ingest.store.delete(p.record.storage_key)
+            staged = await ingest.receive(reader.read_chunks())
+            results.append(None)
+            if isinstance(staged, IngestResult):
+                results[-1] = staged
+                continue
+            pending.append((len(results) - 1, asyncio.create_task(ingest.finish(staged, study))))
+            if len(pending) >= _BATCH:
+                await flush()
+        await flush()
+    except BaseException:
+        # A broken body or a lost client: instances already indexed stay; the ones of the open
+        # batch are discarded before anything references them.
+        for _, task in pending:
+            outcome = await asyncio.gather(task, return_exceptions=True)
+            if isinstance(outcome[0], Prepared):
+                await ingest.discard([outcome[0]])
         raise
-    await flush()
     return [r for r in results if r is not None]
 
 
 async def store_instances(request: web.Request) -> web.Response:
     """POST /studies and POST /studies/{study}."""
     study = uid_param(request, "study") if "study" in request.match_info else None
-    _check_content_type(request)
+    boundary = _boundary(request)
     ingest: Ingest = request.app["ingest"]
     try:
-        results = await _receive(request, ingest, study)
-    except _BadBody as exc:
+        results = await _receive(request, ingest, study, boundary)
+    except MultipartError as exc:
         raise web.HTTPBadRequest(text=f"malformed multipart body: {exc}") from None
     if not results:
         raise web.HTTPBadRequest(text="the multipart body holds no parts")

@@ -23,8 +23,11 @@ log = logging.getLogger("archive.wado")
 _DICOM_OK = ("application/dicom", "*/*", "application/*", "multipart/*")
 
 
-def _negotiate_dicom(request: web.Request) -> str | None:
-    """The transfer syntax asked for (None: as stored), or 406 if no acceptable media type."""
+def _negotiate_dicom(request: web.Request) -> set[str] | None:
+    """The transfer syntaxes the client accepts (None: any, so as stored), or 406 if no acceptable
+    media type. Every acceptable range counts: nothing is transcoded, so the stored transfer
+    syntax is served when any range allows it."""
+    wanted: set[str] = set()
     for mr in parse_accept(request.headers.get("Accept")):
         if mr.type == "multipart/related":
             if mr.params.get("type", "application/dicom").lower() != "application/dicom":
@@ -32,7 +35,11 @@ def _negotiate_dicom(request: web.Request) -> str | None:
         elif mr.type not in _DICOM_OK:
             continue
         ts = mr.params.get("transfer-syntax")
-        return None if ts in (None, "", "*") else ts
+        if ts in (None, "", "*"):
+            return None
+        wanted.add(ts)
+    if wanted:
+        return wanted
     raise web.HTTPNotAcceptable(
         text='retrieve offers multipart/related; type="application/dicom" (transfer-syntax=* or '
              "the stored one)")
@@ -48,16 +55,16 @@ def _scope(request: web.Request) -> tuple[str, str | None, str | None]:
 async def retrieve(request: web.Request) -> web.StreamResponse:
     """GET /studies/{study}[/series/{series}[/instances/{instance}]]"""
     study, series, sop = _scope(request)
-    wanted_ts = _negotiate_dicom(request)
+    accepted_ts = _negotiate_dicom(request)
     reader: IndexReader = request.app["reader"]
     found = await reader.instances(study, series, sop)
     if not found:
         raise web.HTTPNotFound(text="no such study, series or instance")
-    if wanted_ts is not None:
+    if accepted_ts is not None:
         stored = {i.transfer_syntax_uid for i in found}
-        if stored != {wanted_ts}:
+        if not stored <= accepted_ts:
             raise web.HTTPNotAcceptable(
-                text=f"transfer syntax {wanted_ts} is not available; stored as "
+                text=f"transfer syntax {', '.join(sorted(accepted_ts))} is not available; stored as "
                      f"{', '.join(sorted(stored))} (use transfer-syntax=*)")
     return await _stream_instances(request, found)
 
@@ -112,14 +119,14 @@ async def metadata(request: web.Request) -> web.StreamResponse:
         if not buf:
             raise web.HTTPNotFound(text="no such study, series or instance")
         return web.Response(body=b"[" + b",".join(buf) + b"]",
-                            content_type="application/dicom+json", charset="utf-8")
+                            content_type="application/dicom+json")
     await response.write((b"," + b",".join(buf) if buf else b"") + b"]")
     await response.write_eof()
     return response
 
 
 async def _start_json_stream(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/dicom+json; charset=utf-8"})
+    response = web.StreamResponse(headers={"Content-Type": "application/dicom+json"})
     await response.prepare(request)
     return response
 

@@ -63,6 +63,8 @@ class _Deltas:
     study_series: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     study_size: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     studies_touched: set[int] = field(default_factory=set)
+    # Series an instance was removed from (overwrite): dropped if that left them empty.
+    series_removed_from: set[int] = field(default_factory=set)
 
 
 class IndexWriter:
@@ -136,6 +138,7 @@ class IndexWriter:
         study_pk = (await conn.execute(
             select(series.c.study_pk).where(series.c.pk == old.series_pk))).scalar_one()
         deltas.series_instances[old.series_pk] -= 1
+        deltas.series_removed_from.add(old.series_pk)
         deltas.study_instances[study_pk] -= 1
         deltas.study_size[study_pk] -= old.size
 
@@ -187,6 +190,12 @@ class IndexWriter:
             if n:
                 await conn.execute(update(series).where(series.c.pk == pk).values(
                     num_instances=series.c.num_instances + n))
+        for pk in d.series_removed_from:
+            row = (await conn.execute(select(series.c.study_pk, series.c.num_instances)
+                                      .where(series.c.pk == pk))).one()
+            if row.num_instances == 0:  # its only instance moved to another series
+                await conn.execute(delete(series).where(series.c.pk == pk))
+                d.study_series[row.study_pk] -= 1
         for pk in d.studies_touched | set(d.study_instances):
             modalities = (await conn.execute(
                 select(series.c.modality).distinct().where(
@@ -197,3 +206,8 @@ class IndexWriter:
                 size=studies.c.size + d.study_size.get(pk, 0),
                 modalities="\\".join(sorted(m for m in modalities if m)),
                 updated=func.now()))
+        for pk in set(d.study_instances):
+            empty = (await conn.execute(select(studies.c.num_instances)
+                                        .where(studies.c.pk == pk))).scalar_one() == 0
+            if empty:  # its only instances moved to another study
+                await conn.execute(delete(studies).where(studies.c.pk == pk))

@@ -40,7 +40,7 @@ def _attr(keyword: str, level: Level, column: str, computed: bool = False) -> At
     return Attribute(keyword, tag, dictionary_VR(tag), level, column, computed)
 
 
-P, ST, SE, I = Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE
+P, ST, SE, IN = Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE
 
 ATTRIBUTES: tuple[Attribute, ...] = (
     _attr("PatientName", P, "patient_name"),
@@ -71,15 +71,15 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     _attr("PerformedProcedureStepStartDate", SE, "pps_start_date"),
     _attr("PerformedProcedureStepStartTime", SE, "pps_start_time"),
     _attr("NumberOfSeriesRelatedInstances", SE, "num_instances", computed=True),
-    _attr("SOPInstanceUID", I, "sop_uid"),
-    _attr("SOPClassUID", I, "sop_class_uid"),
-    _attr("InstanceNumber", I, "instance_number"),
-    _attr("Rows", I, "rows"),
-    _attr("Columns", I, "columns"),
-    _attr("BitsAllocated", I, "bits_allocated"),
-    _attr("NumberOfFrames", I, "number_of_frames"),
-    _attr("ContentDate", I, "content_date"),
-    _attr("ContentTime", I, "content_time"),
+    _attr("SOPInstanceUID", IN, "sop_uid"),
+    _attr("SOPClassUID", IN, "sop_class_uid"),
+    _attr("InstanceNumber", IN, "instance_number"),
+    _attr("Rows", IN, "rows"),
+    _attr("Columns", IN, "columns"),
+    _attr("BitsAllocated", IN, "bits_allocated"),
+    _attr("NumberOfFrames", IN, "number_of_frames"),
+    _attr("ContentDate", IN, "content_date"),
+    _attr("ContentTime", IN, "content_time"),
 )
 
 BY_TAG: dict[int, Attribute] = {a.tag: a for a in ATTRIBUTES}

@@ -94,7 +94,8 @@ def _stored_tags(query: Query) -> set[str]:
     return {f"{t:08X}" for t in query.includes if t not in BY_TAG}
 
 
-async def extra_attributes(conn: AsyncConnection, query: Query, rows: Sequence[Any]) -> dict[int, dict[str, Any]]:
+async def extra_attributes(conn: AsyncConnection, query: Query,
+                           rows: Sequence[Any]) -> dict[int, dict[str, Any]]:
     """For each result row, the requested non-index attributes, from its first instance's JSON."""
     tags = _stored_tags(query)
     if not tags or not rows or query.level == Level.PATIENT:

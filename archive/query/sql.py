@@ -50,10 +50,10 @@ def _fuzzy_pn(col: Any, value: str) -> ColumnElement[bool]:
     return and_(*(words.like(f"% {_like_pattern(t)}%", escape="\\") for t in tokens))
 
 
-def condition(m: Match, fuzzy: bool) -> ColumnElement[bool]:
-    """SQL for one match on its own column."""
+def condition(m: Match, fuzzy: bool, col: Any = None) -> ColumnElement[bool]:
+    """SQL for one match on its own column (or on ``col``)."""
     attr = m.attribute
-    col = _column(attr)
+    col = _column(attr) if col is None else col
     pn = attr.vr == "PN"
     values = [v.upper() for v in m.values] if pn else list(m.values)
     if m.kind is MatchKind.UNIVERSAL:
@@ -90,24 +90,36 @@ def _parent_joins(level: Level) -> Any:
 
 
 def _descendant_condition(level: Level, m: Match, fuzzy: bool) -> ColumnElement[bool]:
-    """EXISTS over the children of the result row for a match on a lower level."""
+    """EXISTS over the descendants of the result row for a match on a lower level."""
     target = Level.SERIES if m.attribute.keyword == "ModalitiesInStudy" else m.attribute.level
-    sub = select(literal(1))
-    if level == Level.STUDY:
-        sub = sub.select_from(series).where(series.c.study_pk == studies.c.pk)
-        if target == Level.INSTANCE:
-            sub = sub.join(instances, instances.c.series_pk == series.c.pk)
-    elif level == Level.SERIES:
-        sub = sub.select_from(instances).where(instances.c.series_pk == series.c.pk)
-    else:
-        raise ValueError("no lower level")
+    links = {Level.STUDY: (studies, studies.c.patient_pk, patients.c.pk),
+             Level.SERIES: (series, series.c.study_pk, studies.c.pk),
+             Level.INSTANCE: (instances, instances.c.series_pk, series.c.pk)}
+    child = Level(level + 1)
+    table, fk, parent_pk = links[child]
+    frm: Any = table
+    for lvl in range(child + 1, target + 1):
+        t, t_fk, t_parent = links[Level(lvl)]
+        frm = frm.join(t, t_fk == t_parent)
+    sub = select(literal(1)).select_from(frm).where(fk == parent_pk)
     return exists(sub.where(condition(m, fuzzy)))
+
+
+def _study_modalities_condition(m: Match, fuzzy: bool) -> ColumnElement[bool]:
+    """ModalitiesInStudy below the study level: some series of the row's study has the modality
+    (not only the row's own series)."""
+    other = series.alias("study_series")
+    sub = select(literal(1)).select_from(other).where(other.c.study_pk == studies.c.pk)
+    return exists(sub.where(condition(m, fuzzy, other.c.modality)))
 
 
 def where_clause(query: Query) -> list[ColumnElement[bool]]:
     conds: list[ColumnElement[bool]] = []
     for m in query.matches:
         if m.kind is MatchKind.UNIVERSAL:
+            continue
+        if m.attribute.keyword == "ModalitiesInStudy" and query.level > Level.STUDY:
+            conds.append(_study_modalities_condition(m, query.fuzzy))
             continue
         level = Level.SERIES if m.attribute.keyword == "ModalitiesInStudy" else m.attribute.level
         if level > query.level:
