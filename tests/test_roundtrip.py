@@ -74,8 +74,9 @@ async def test_sample_round_trip(client, sample) -> None:
     assert found[0]["00080016"]["Value"] == [original.SOPClassUID]
 
     # WADO-RS returns the same bytes.
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
     resp = await client.get(f"/dicom-web/studies/{study}/series/{series}/instances/{sop}",
-                            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+                            headers={"Accept": accept})
     assert resp.status == 200
     parts = parse_multipart(await resp.read(), resp.headers["Content-Type"])
     assert len(parts) == 1
