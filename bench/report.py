@@ -1,0 +1,74 @@
+"""Statistics and printing: percentiles, aligned tables, and the final summary against the targets."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if values else float("nan")
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    """A plain aligned text table; the first column left-aligned, the others right-aligned."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        pairs = enumerate(zip(row, widths, strict=True))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
+
+
+def section(title: str) -> None:
+    print(f"\n== {title} ==", flush=True)
+
+
+@dataclass
+class Target:
+    """One figure beside its target. ``value`` None means the figure could not be measured."""
+
+    name: str
+    value: float | None
+    shown: str
+    target: str
+    passed: bool | None
+
+    @property
+    def verdict(self) -> str:
+        return "n/a" if self.passed is None else ("PASS" if self.passed else "FAIL")
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "value": self.value, "shown": self.shown, "target": self.target,
+                "verdict": self.verdict}
+
+
+def at_most(name: str, value: float | None, limit: float, unit: str) -> Target:
+    if value is None:
+        return Target(name, None, "not measured", f"< {limit:g} {unit}", None)
+    return Target(name, value, f"{value:.1f} {unit}", f"< {limit:g} {unit}", value < limit)
+
+
+def ratio_at_least(name: str, value: float | None, reference: float | None, share: float, unit: str
+                   ) -> Target:
+    target = f">= {share:.0%} of limit"
+    if value is None or not reference:
+        return Target(name, None, "not measured", target, None)
+    ratio = value / reference
+    shown = f"{value:.1f} {unit} = {ratio:.0%} of {reference:.1f} {unit}"
+    return Target(name, ratio, shown, target, ratio >= share)
+
+
+def print_targets(targets: Sequence[Target]) -> None:
+    print(table([(t.name, t.shown, t.target, t.verdict) for t in targets],
+                ("figure", "measured", "target", "result")))

@@ -1,0 +1,474 @@
+"""End-to-end benchmark of the imaging-archive DICOMweb server; prints measured figures beside targets.
+
+    python bench/run.py                 # full run: 100,000 tiny instances + ~1 GB of CT (~5-15 min)
+    python bench/run.py --quick         # smoke run: 2,000 tiny instances, ~160 MB of CT (< 1 min)
+    python bench/run.py --instances 50000 --json bench/out/figures.json
+
+Steps, all in one run and all over 127.0.0.1:
+ 1. synthetic data (cached under ``<workdir>/cache``): a CT set of 512x512 slices plus one long series,
+    and N tiny instances over many patients/studies/series (``datasets.py``);
+ 2. machine limits: write+fsync MB/s on the data dir's disk (1 and 4 writers) and plain-file HTTP GET
+    MB/s over loopback (``limits.py``);
+ 3. the server (``python -m archive serve --config``) on a fresh data dir, its RSS (with children)
+    sampled every 50 ms for the whole run;
+ 4. STOW-RS of the CT set (50 instances per request, 4 clients);
+ 5. STOW-RS of the tiny set, then QIDO-RS latencies over a mixed query set (``qido.py``);
+ 6. WADO-RS /metadata of the long series (first run, median of the next runs);
+ 7. WADO-RS retrieve of the long series, streamed and counted (median of 3);
+ 8. a summary against the targets, optionally written as JSON (``--json``).
+
+Every answer is checked (status, counts); problems are listed at the end, never asserted.
+MB = 10^6 bytes throughout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import httpclient
+import limits
+import qido
+import report
+from procs import ManagedProcess, ProcessError, RssSampler
+
+REPO = Path(__file__).resolve().parent.parent
+RETRIEVE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+TARGET_QIDO_P95_MS = 50.0
+TARGET_METADATA_MS = 150.0
+TARGET_STOW_SHARE = 0.90
+TARGET_RETRIEVE_SHARE = 0.50
+TARGET_RSS_MB = 200.0
+FSYNC_MAX_FILES = 8000  # caps the probe at ~4 GB of temporary files
+
+
+@dataclass
+class Sizes:
+    tiny: int
+    ct_studies: int
+    ct_series: int
+    ct_slices: int
+    big: int
+    fsync_seconds: float
+    plain_mb: int
+    queries_per_kind: int
+    metadata_runs: int
+    retrieve_runs: int
+    ct_batch: int
+    tiny_batch: int
+    clients: int
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small smoke run (~1-2 min)")
+    p.add_argument("--instances", type=int, help="tiny instances for the index-scale step "
+                   "(default 100000, 2000 with --quick)")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/imaging-archive-bench"),
+                   help="cache and throw-away server data (default /tmp/imaging-archive-bench)")
+    p.add_argument("--port", type=int, default=18080, help="archive server port (default 18080)")
+    p.add_argument("--file-port", type=int, default=18081, help="plain file server port (default 18081)")
+    p.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
+    p.add_argument("--clients", type=int, default=4, help="concurrent STOW clients (default 4)")
+    p.add_argument("--tiny-batch", type=int, default=100, help="tiny instances per STOW request")
+    p.add_argument("--queries-per-kind", type=int, help="QIDO queries per kind (default 50, 20 quick)")
+    p.add_argument("--repo", type=Path, default=REPO, help="folder the server runs from (default: this repo)")
+    p.add_argument("--keep-data", action="store_true", help="keep the server data dir after the run")
+    p.add_argument("--disable-dimse", action="store_true", help="write [dimse] enabled = false")
+    return p.parse_args(argv)
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    quick = args.quick
+    return Sizes(
+        tiny=args.instances or (2_000 if quick else 100_000),
+        ct_studies=2 if quick else 10, ct_series=1 if quick else 2, ct_slices=50,
+        big=200 if quick else 1000,
+        fsync_seconds=2.0 if quick else 4.0, plain_mb=128 if quick else 256,
+        queries_per_kind=args.queries_per_kind or (20 if quick else 50),
+        metadata_runs=10, retrieve_runs=3, ct_batch=50, tiny_batch=args.tiny_batch, clients=args.clients)
+
+
+def require_free_port(port: int) -> None:
+    """Refuse a busy port: a health check could otherwise reach some other server."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ProcessError(f"port {port} on 127.0.0.1 is already in use") from exc
+
+
+def file_batches(files: list[Path], size: int) -> Iterator[list[bytes]]:
+    for i in range(0, len(files), size):
+        yield [p.read_bytes() for p in files[i:i + size]]
+
+
+def warm_page_cache(files: list[Path]) -> None:
+    """Read the files once so the timed upload does not wait on the client's disk."""
+    for path in files:
+        with path.open("rb") as fh:
+            while fh.read(8 << 20):
+                pass
+
+
+def progress_printer(label: str, total: int, every: float = 10.0) -> Callable[[httpclient.StowResult], None]:
+    start, last = time.monotonic(), [time.monotonic()]
+
+    def show(r: httpclient.StowResult) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every:
+            last[0] = now
+            print(f"  {label}: {r.instances:,}/{total:,} instances, {now - start:.0f} s", flush=True)
+    return show
+
+
+def server_config(run_dir: Path, port: int, disable_dimse: bool) -> str:
+    files, db = json.dumps(str(run_dir / "files")), json.dumps(f"sqlite+aiosqlite:///{run_dir / 'index.db'}")
+    text = (f'[http]\nhost = "127.0.0.1"\nport = {port}\n[storage]\npath = {files}\n[database]\nurl = {db}\n'
+            '[qido]\nmax_results = 100000\n[log]\nlevel = "warning"\n')
+    return text + ("[dimse]\nenabled = false\n" if disable_dimse else "")
+
+
+class Bench:
+    """Holds the run's state; each step records its figures in ``self.figures``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.sizes = args, sizes_from(args)
+        self.run_dir = args.workdir / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.base = f"http://127.0.0.1:{args.port}/dicom-web"
+        self.figures: dict[str, Any] = {}
+        self.problems: list[str] = []
+        self.server: ManagedProcess | None = None
+        self.sampler: RssSampler | None = None
+        self.ct: datasets.CtSet | None = None
+        self.tiny: datasets.TinySet | None = None
+        self.load_at_start = os.getloadavg()[0]
+
+    @property
+    def ct_data(self) -> datasets.CtSet:
+        if self.ct is None:
+            raise RuntimeError("the CT set was not prepared")
+        return self.ct
+
+    @property
+    def tiny_data(self) -> datasets.TinySet:
+        if self.tiny is None:
+            raise RuntimeError("the tiny set was not prepared")
+        return self.tiny
+
+    # ------------------------------------------------------------------------------------ steps
+
+    def prepare_data(self) -> None:
+        report.section("1. synthetic data")
+        s, cache = self.sizes, self.args.workdir / "cache"
+        self.ct = datasets.ct_set(cache, s.ct_studies, s.ct_series, s.ct_slices, s.big)
+        self.tiny = datasets.tiny_set(cache, s.tiny)
+        ct, tiny = self.ct, self.tiny
+        print(f"  CT: {len(ct.files):,} instances, {ct.total_bytes / 1e6:.0f} MB "
+              f"({s.ct_studies} studies x {s.ct_series} series x {s.ct_slices} + one {s.big}-slice series, "
+              f"{ct.total_bytes / len(ct.files) / 1e3:.0f} kB each)")
+        series = sum(len(st.series) for st in tiny.studies)
+        patients = len({st.patient_id for st in tiny.studies})
+        print(f"  tiny: {tiny.count:,} instances, {tiny.total_bytes / 1e6:.0f} MB, "
+              f"{len(tiny.studies):,} studies, {series:,} series, {patients:,} patients")
+        self.figures["data"] = {"ct_instances": len(ct.files), "ct_bytes": ct.total_bytes,
+                                "big_series_instances": ct.big_count, "big_series_bytes": ct.big_bytes,
+                                "tiny_instances": tiny.count, "tiny_bytes": tiny.total_bytes,
+                                "tiny_studies": len(tiny.studies), "tiny_series": series}
+
+    def measure_limits(self) -> None:
+        report.section("2. machine limits")
+        file_bytes = round(self.ct_data.total_bytes / len(self.ct_data.files))
+        probe = self.run_dir / "fsync-probe"
+        rows, out = [], {}
+        for writers in (1, self.sizes.clients):
+            r = limits.fsync_probe(probe, file_bytes, writers, self.sizes.fsync_seconds, FSYNC_MAX_FILES)
+            rows.append((f"write+fsync+rename, {writers} writer(s)", f"{r.mb_per_s:.1f} MB/s",
+                         f"{r.files_per_s:.0f} files/s", f"{r.files} x {file_bytes / 1e3:.0f} kB"))
+            out[f"fsync_{writers}_writers_mb_s"] = r.mb_per_s
+        require_free_port(self.args.file_port)
+        plain = limits.loopback_get(self.run_dir / "plain", self.sizes.plain_mb * 10**6, self.args.file_port,
+                                    self.sizes.retrieve_runs)
+        runs = ", ".join(f"{d.mb_per_s:.0f}" for d in plain.runs)
+        rows.append(("plain-file HTTP GET over loopback", f"{plain.median_mb_per_s:.1f} MB/s",
+                     f"median of {len(plain.runs)}", f"{self.sizes.plain_mb} MB file; runs {runs}"))
+        out["fsync_limit_mb_s"] = max(out.values())
+        out["loopback_get_mb_s"] = plain.median_mb_per_s
+        out["loopback_get_runs_mb_s"] = [d.mb_per_s for d in plain.runs]
+        print(report.table(rows, ("limit", "rate", "", "detail")))
+        self.figures["limits"] = out
+
+    def start_server(self) -> None:
+        report.section("3. archive server")
+        require_free_port(self.args.port)
+        config = self.run_dir / "archive.toml"
+        config.write_text(server_config(self.run_dir, self.args.port, self.args.disable_dimse))
+        argv = [sys.executable, "-m", "archive", "serve", "--config", str(config)]
+        self.server = ManagedProcess("archive server", argv, self.args.repo, self.run_dir / "server.log",
+                                     f"http://127.0.0.1:{self.args.port}/healthz")
+        started = time.perf_counter()
+        self.server.start(timeout=60)
+        self.sampler = RssSampler(self.server.pid)
+        self.sampler.set_phase("server")
+        self.sampler.sample()
+        self.sampler.start()
+        ready = time.perf_counter() - started
+        print(f"  `{' '.join(argv[1:])}` ready in {ready:.1f} s (pid {self.server.pid}), "
+              f"data in {self.run_dir}")
+        self.figures["server"] = {"startup_s": ready}
+
+    def _stow(self, label: str, batches: Iterator[list[bytes]], total: int) -> httpclient.StowResult:
+        result = asyncio.run(httpclient.stow(f"{self.base}/studies", batches, self.sizes.clients,
+                                             progress_printer(label, total)))
+        for f in result.failures[:5]:
+            self.problems.append(f"{label}: POST /dicom-web/studies batch #{f.batch} -> {f.status}: "
+                                 f"{f.detail}")
+        if len(result.failures) > 5:
+            self.problems.append(f"{label}: ... {len(result.failures) - 5} more failed requests")
+        print(f"  {result.instances:,} instances in {result.requests} requests, {result.seconds:.1f} s: "
+              f"{result.instances_per_s:,.0f} instances/s, {result.mb_per_s:.1f} MB/s, "
+              f"{result.requests - len(result.failures)}/{result.requests} requests 200 and complete")
+        return result
+
+    def stow_ct(self) -> None:
+        report.section(f"4. STOW-RS CT ({self.sizes.ct_batch} per request, {self.sizes.clients} clients)")
+        files = self.ct_data.files
+        warm_page_cache(files)
+        r = self._stow("STOW CT", file_batches(files, self.sizes.ct_batch), len(files))
+        self.figures["stow_ct"] = _stow_dict(r)
+
+    def stow_tiny(self) -> None:
+        s = self.sizes
+        report.section(f"5a. STOW-RS tiny ({s.tiny_batch} per request, {s.clients} clients)")
+        r = self._stow("STOW tiny", self.tiny_data.batches(s.tiny_batch), self.tiny_data.count)
+        self.figures["stow_tiny"] = _stow_dict(r)
+
+    def query(self) -> None:
+        tiny, ct = self.tiny_data, self.ct_data
+        total = tiny.count + len(ct.files)
+        report.section(f"5b. QIDO-RS at {total:,} instances ({self.sizes.queries_per_kind} queries per kind, "
+                       "sequential)")
+        result = qido.measure(self.base, tiny.studies, ct.studies + tiny.studies,
+                              self.sizes.queries_per_kind)
+        self.figures["qido"] = _qido_dict(result, total)
+        kinds = self.figures["qido"]["kinds"]
+        rows = [(k, len(v["ms"]), f"{v['p50_ms']:.1f}", f"{v['p95_ms']:.1f}", f"{v['max_ms']:.1f}",
+                 f"{v['mean_results']:.1f}") for k in qido.KINDS if (v := kinds.get(k))]
+        o = self.figures["qido"]["overall"]
+        rows.append(("overall", o["queries"], f"{o['p50_ms']:.1f}", f"{o['p95_ms']:.1f}",
+                     f"{o['max_ms']:.1f}", ""))
+        print(report.table(rows, ("query kind", "n", "p50 ms", "p95 ms", "max ms", "avg results")))
+        print(f"  {len(result.failures)} answers wrong or not 200/204; {result.empty} answered 204")
+        for f in result.failures[:8]:
+            self.problems.append(f"QIDO {f.kind}: GET /dicom-web{f.path} -> {f.status}: {f.detail}")
+        if len(result.failures) > 8:
+            self.problems.append(f"QIDO: ... {len(result.failures) - 8} more wrong answers")
+
+    def metadata(self) -> None:
+        ct = self.ct_data
+        n, runs = ct.big_count, self.sizes.metadata_runs
+        report.section(f"6. WADO-RS /metadata of the {n}-instance series (first run + {runs})")
+        path = f"/studies/{ct.big_study_uid}/series/{ct.big_series_uid}/metadata"
+        answers = asyncio.run(_get_many(self.base + path, runs + 1))
+        for status, _, body in (answers[0], answers[-1]):
+            problem = _check_metadata(status, body, n)
+            if problem:
+                self.problems.append(f"metadata: GET /dicom-web{path} -> {status}: {problem}")
+        first_ms, rest_ms = answers[0][1] * 1000, [a[1] * 1000 for a in answers[1:]]
+        out = {"instances": n, "first_ms": first_ms, "median_ms": report.median(rest_ms), "runs_ms": rest_ms,
+               "bytes": len(answers[-1][2])}
+        print(f"  first {first_ms:.1f} ms, median {out['median_ms']:.1f} ms (min {min(rest_ms):.1f}, "
+              f"max {max(rest_ms):.1f}), {out['bytes'] / 1e6:.2f} MB of JSON")
+        self.figures["metadata"] = out
+
+    def retrieve(self) -> None:
+        ct, runs = self.ct_data, self.sizes.retrieve_runs
+        report.section(f"7. WADO-RS retrieve of the {ct.big_count}-instance series "
+                       f"({ct.big_bytes / 1e6:.0f} MB; 1 checked run + {runs} timed)")
+        url = f"{self.base}/studies/{ct.big_study_uid}/series/{ct.big_series_uid}"
+        check, timed = asyncio.run(_retrieve_runs(url, runs))
+        problem = _check_retrieve(check, ct.big_count, ct.big_bytes)
+        if problem:
+            self.problems.append(f"retrieve: GET {url.split('/dicom-web')[1]} (Accept: {RETRIEVE_ACCEPT}) -> "
+                                 f"{check.status}: {problem}")
+        rates = [d.mb_per_s for d in timed]
+        out = {"instances": ct.big_count, "bytes": check.bytes, "parts": check.parts,
+               "checked_run_mb_s": check.mb_per_s, "median_mb_s": report.median(rates), "runs_mb_s": rates}
+        print(f"  {check.bytes / 1e6:.0f} MB in {check.parts} parts; checked run {check.mb_per_s:.1f} MB/s; "
+              f"timed runs {', '.join(f'{r:.1f}' for r in rates)} MB/s; median {out['median_mb_s']:.1f} MB/s")
+        self.figures["retrieve"] = out
+
+    # ---------------------------------------------------------------------------------- driver
+
+    def step(self, name: str, fn: Callable[[], None]) -> bool:
+        """Run one step; record an exception or a dead server as a problem. False stops the run."""
+        if self.sampler is not None:
+            self.sampler.set_phase(name)
+        started, failed = time.perf_counter(), False
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - a failed step is reported; the run goes on if it can
+            failed = True
+            self.problems.append(f"step {name} failed: {type(exc).__name__}: {exc}")
+        self.figures.setdefault("step_seconds", {})[name] = time.perf_counter() - started
+        if self.server is not None and not self.server.alive():
+            tail = "" if failed and name == "server" else f"; log tail:\n{self.server.log_tail()}"
+            code = self.server.exit_code()
+            self.problems.append(f"archive server exited with code {code} during {name}{tail}")
+            return False
+        return not (failed and name in ("data", "server"))
+
+    def run(self) -> int:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("data", self.prepare_data), ("limits", self.measure_limits), ("server", self.start_server),
+            ("stow_ct", self.stow_ct), ("stow_tiny", self.stow_tiny), ("qido", self.query),
+            ("metadata", self.metadata), ("retrieve", self.retrieve)]
+        try:
+            for name, fn in steps:
+                if not self.step(name, fn):
+                    break
+        finally:
+            self.shutdown()
+        self.summarize()
+        return 0 if not self.problems else 1
+
+    def shutdown(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+            self.figures["rss"] = {"peak_mb": self.sampler.peak / 1e6, "samples": self.sampler.samples,
+                                   "peak_by_step_mb": {k: v / 1e6 for k, v in self.sampler.peaks.items()}}
+        if self.server is not None and self.server.alive():
+            code = self.server.stop()
+            if code not in (0, None, -15):
+                self.problems.append(f"archive server exit code on SIGTERM: {code}")
+        if self.server is not None and self.server.log_path.exists():
+            shutil.copy(self.server.log_path, self.args.workdir / "last-server.log")
+        if not self.args.keep_data:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def targets(self) -> list[report.Target]:
+        f, n = self.figures, self.sizes
+        lim = f.get("limits", {})
+        qido_p95 = f.get("qido", {}).get("overall", {}).get("p95_ms")
+        meta = f.get("metadata", {}).get("median_ms")
+        stow = f.get("stow_ct", {}).get("mb_s")
+        retr = f.get("retrieve", {}).get("median_mb_s")
+        rss = f.get("rss", {}).get("peak_mb")
+        total = n.tiny + f.get("data", {}).get("ct_instances", 0)
+        return [
+            report.at_most(f"QIDO p95, all kinds ({total:,} instances)", qido_p95, TARGET_QIDO_P95_MS, "ms"),
+            report.at_most(f"/metadata median ({n.big} instances)", meta, TARGET_METADATA_MS, "ms"),
+            report.ratio_at_least("STOW CT MB/s vs write+fsync limit", stow, lim.get("fsync_limit_mb_s"),
+                                  TARGET_STOW_SHARE, "MB/s"),
+            report.ratio_at_least("series retrieve MB/s vs loopback GET", retr, lim.get("loopback_get_mb_s"),
+                                  TARGET_RETRIEVE_SHARE, "MB/s"),
+            report.at_most("server peak RSS (with children)", rss, TARGET_RSS_MB, "MB"),
+        ]
+
+    def summarize(self) -> None:
+        targets = self.targets()
+        note = " (--quick: smaller sizes than the targets assume)" if self.args.quick else ""
+        report.section("summary" + note)
+        report.print_targets(targets)
+        rss = self.figures.get("rss", {}).get("peak_by_step_mb", {})
+        if rss:
+            print("  peak RSS by step: " + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()))
+        load = (self.load_at_start, os.getloadavg()[0])
+        print(f"  load average (1 min): {load[0]:.2f} at start, {load[1]:.2f} at end, {os.cpu_count()} CPUs "
+              "(other busy processes make every figure noisier and lower)")
+        self.figures["load_average_1min"] = {"start": load[0], "end": load[1]}
+        print(f"\n{len(self.problems)} problem(s)" + (":" if self.problems else ""))
+        for problem in self.problems:
+            print(f"  - {problem}")
+        self.figures["targets"] = [t.as_dict() for t in targets]
+        self.figures["problems"] = self.problems
+        self.figures["run"] = _run_info(self.args, self.sizes)
+        if self.args.json:
+            self.args.json.parent.mkdir(parents=True, exist_ok=True)
+            self.args.json.write_text(json.dumps(self.figures, indent=2))
+            print(f"figures written to {self.args.json}")
+
+
+def _stow_dict(r: httpclient.StowResult) -> dict[str, Any]:
+    return {"instances": r.instances, "requests": r.requests, "bytes": r.bytes, "seconds": r.seconds,
+            "instances_s": r.instances_per_s, "mb_s": r.mb_per_s, "failed_requests": len(r.failures)}
+
+
+def _qido_dict(result: qido.QidoResult, total: int) -> dict[str, Any]:
+    kinds = {}
+    for kind, ms in result.latencies_ms.items():
+        counts = result.results[kind]
+        kinds[kind] = {"ms": ms, "p50_ms": report.percentile(ms, 50), "p95_ms": report.percentile(ms, 95),
+                       "max_ms": max(ms), "mean_results": sum(counts) / len(counts)}
+    every = [v for ms in result.latencies_ms.values() for v in ms]
+    overall = {"queries": len(every), "p50_ms": report.percentile(every, 50),
+               "p95_ms": report.percentile(every, 95), "max_ms": max(every, default=float("nan"))}
+    return {"instances": total, "kinds": kinds, "overall": overall, "wrong_answers": len(result.failures),
+            "empty_204": result.empty, "failures": [asdict(f) for f in result.failures[:50]]}
+
+
+async def _get_many(url: str, runs: int) -> list[tuple[int, float, bytes]]:
+    async with httpclient.session(1) as http:
+        return [await httpclient.timed_get(http, url) for _ in range(runs)]
+
+
+async def _retrieve_runs(url: str, runs: int) -> tuple[httpclient.Download, list[httpclient.Download]]:
+    async with httpclient.session(1) as http:
+        checked = await httpclient.download(http, url, RETRIEVE_ACCEPT, count_parts=True)
+        timed = [await httpclient.download(http, url, RETRIEVE_ACCEPT) for _ in range(runs)]
+    return checked, timed
+
+
+def _check_metadata(status: int, body: bytes, expected: int) -> str | None:
+    if status != 200:
+        return body[:300].decode("utf-8", "replace")
+    try:
+        objs = json.loads(body)
+    except ValueError:
+        return f"not JSON: {body[:200]!r}"
+    if not isinstance(objs, list) or len(objs) != expected:
+        return f"{len(objs) if isinstance(objs, list) else type(objs).__name__} objects, {expected} expected"
+    if not all("00080018" in o for o in objs):
+        return "some objects lack SOPInstanceUID (00080018)"
+    return None
+
+
+def _check_retrieve(d: httpclient.Download, parts: int, min_bytes: int) -> str | None:
+    if d.status != 200:
+        return d.head[:300].decode("utf-8", "replace")
+    if not d.content_type.startswith("multipart/related"):
+        return f"Content-Type {d.content_type!r}"
+    if d.parts != parts or d.bytes < min_bytes:
+        return f"{d.parts} parts / {d.bytes:,} bytes, expected {parts} parts / >= {min_bytes:,} bytes"
+    return None
+
+
+def _run_info(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
+    return {"quick": args.quick, "sizes": asdict(sizes), "cpus": os.cpu_count(),
+            "python": sys.version.split()[0], "platform": platform.platform(), "workdir": str(args.workdir),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    code = Bench(args).run()
+    print(f"total time {time.perf_counter() - started:.0f} s")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
