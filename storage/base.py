@@ -78,6 +78,10 @@ class BlobStore(Protocol):
         """Yield the bytes ``[start, end)`` of a blob in chunks."""
         ...
 
+    async def open_local(self, key: str) -> BinaryIO | None:
+        """An open local file of the blob (for sendfile), or None if the backend has none."""
+        ...
+
     def open_sync(self, key: str) -> BinaryIO:
         """A seekable binary file object, for use in executor threads only."""
         ...

@@ -211,6 +211,9 @@ class FilesystemStore:
                     remaining -= len(chunk)
                 yield chunk
 
+    async def open_local(self, key: str) -> BinaryIO | None:
+        return await self._run(open, self.path(key), "rb")
+
     def open_sync(self, key: str) -> BinaryIO:
         return open(self.path(key), "rb")
 

@@ -92,6 +92,8 @@ async def test_multipart_without_type_parameter_means_application_dicom(client) 
     resp = await client.post("/dicom-web/studies", data=body,
                              headers={"Content-Type": f"multipart/related; boundary={boundary}"})
     assert resp.status == 200, await resp.text()
+    # Exactly this media type: dicomweb-client, for one, compares it without parameters.
+    assert resp.headers["Content-Type"] == "application/dicom+json"
 
 
 def _truncated_in_part_headers() -> tuple[bytes, str]:

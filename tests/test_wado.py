@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, field
 from io import BytesIO
 
@@ -224,6 +226,28 @@ async def test_bulk_data_errors(client, stored: Stored) -> None:
     assert resp.status == 400
     resp = await client.get(f"{base}/7FE00010", headers={"Accept": "image/jpeg"})
     assert resp.status == 406
+
+
+async def test_large_metadata_is_streamed_as_one_json_array(aiohttp_client, tmp_path) -> None:
+    """Over 1 MB the metadata response is streamed; it must still be one valid JSON array."""
+    client = await aiohttp_client(create_app(make_config(
+        tmp_path, ingest={"bulk_data_threshold": 1 << 22}, http={"cors_origins": ["*"]})))
+    study, series = synth.uid(), synth.uid()
+    datasets = [synth.dataset(study=study, series=series, rows=512, columns=512, instance_number=n)
+                for n in range(1, 4)]
+    body, ctype = multipart([synth.encode(ds) for ds in datasets])
+    resp = await client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype})
+    assert resp.status == 200
+    resp = await client.get(f"/dicom-web/studies/{study}/metadata", headers={"Origin": "http://x.example"})
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "application/dicom+json"
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    raw = await resp.read()
+    assert len(raw) > 2 << 20
+    items = json.loads(raw)
+    assert [i["00080018"]["Value"][0] for i in items] == [ds.SOPInstanceUID for ds in datasets]
+    for item, ds in zip(items, datasets, strict=True):
+        assert base64.b64decode(item["7FE00010"]["InlineBinary"]) == ds.PixelData
 
 
 async def test_base_url_setting_rewrites_uris(aiohttp_client, tmp_path) -> None:

@@ -7,6 +7,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import StreamReader, web
 
+# The CRLF that ends a part's body (it belongs to the next delimiter, RFC 2046 §5.1.1).
+PART_END = b"\r\n"
+
 
 def new_boundary() -> str:
     return uuid.uuid4().hex
@@ -26,15 +29,24 @@ class MultipartWriter:
             value += f"; transfer-syntax={transfer_syntax}"
         return value
 
+    @staticmethod
+    def part_head(boundary: str, headers: dict[str, str]) -> bytes:
+        """Delimiter and headers of a part (its body follows, then :data:`PART_END`)."""
+        lines = [f"--{boundary}"] + [f"{k}: {v}" for k, v in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    @staticmethod
+    def closing(boundary: str) -> bytes:
+        return f"--{boundary}--\r\n".encode("latin-1")
+
     async def begin_part(self, headers: dict[str, str]) -> None:
-        lines = [f"--{self.boundary}"] + [f"{k}: {v}" for k, v in headers.items()]
-        await self.response.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        await self.response.write(self.part_head(self.boundary, headers))
 
     async def end_part(self) -> None:
-        await self.response.write(b"\r\n")
+        await self.response.write(PART_END)
 
     async def close(self) -> None:
-        await self.response.write(f"--{self.boundary}--\r\n".encode("latin-1"))
+        await self.response.write(self.closing(self.boundary))
 
 
 class MultipartError(ValueError):

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import BinaryIO
 
 from aiohttp import web
 from pydicom import dcmread
 
 from archive.dicomweb.media import base_url, parse_accept, uid_param
-from archive.dicomweb.multipart import MultipartWriter, new_boundary
+from archive.dicomweb.multipart import PART_END, MultipartWriter, new_boundary
 from archive.index.reader import IndexReader, StoredInstance
 from archive.ingest import BASE_URL_TOKEN
 from storage.base import BlobStore
@@ -69,26 +70,60 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     return await _stream_instances(request, found)
 
 
+async def _send_blob(request: web.Request, response: web.StreamResponse, store: BlobStore,
+                     inst: StoredInstance, fobj: BinaryIO | None) -> None:
+    """One stored file into the response: sendfile(2) when the store gave a local file, else a
+    chunked copy. Either way nothing of it is held in memory."""
+    if fobj is None:
+        async for chunk in store.open_range(inst.storage_key):
+            await response.write(chunk)
+        return
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("client went away")
+    sent = await asyncio.get_running_loop().sendfile(transport, fobj, 0, inst.size)
+    if sent != inst.size:
+        raise OSError(f"stored file of {inst.sop_uid} is shorter than indexed")
+
+
 async def _stream_instances(request: web.Request, found: list[StoredInstance]) -> web.StreamResponse:
-    store = request.app["store"]
+    """Instances as multipart/related parts. The total length is known from the index, so the
+    response has a Content-Length (clients can show progress) and file bodies can go by sendfile.
+    The next file is opened while the current one is sent."""
+    store: BlobStore = request.app["store"]
     boundary = new_boundary()
+    heads = [MultipartWriter.part_head(boundary, {
+        "Content-Type": f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}",
+        "Content-Length": str(inst.size)}) for inst in found]
+    closing = MultipartWriter.closing(boundary)
     response = web.StreamResponse(headers={
         "Content-Type": MultipartWriter.content_type(boundary, "application/dicom")})
+    response.content_length = (sum(len(h) + i.size + len(PART_END)
+                                   for h, i in zip(heads, found, strict=True)) + len(closing))
     await response.prepare(request)
-    writer = MultipartWriter(response, boundary)
+    opening = asyncio.ensure_future(store.open_local(found[0].storage_key))
     try:
-        for inst in found:
-            await writer.begin_part({"Content-Type": f"application/dicom; transfer-syntax="
-                                                     f"{inst.transfer_syntax_uid}",
-                                     "Content-Length": str(inst.size)})
-            async for chunk in store.open_range(inst.storage_key):
-                await response.write(chunk)
-            await writer.end_part()
-        await writer.close()
-    except FileNotFoundError:
-        # The index names a file that is gone: end the response broken rather than lie.
-        log.error("stored file missing for instance in study %s", found[0].study_uid)
+        for n, (inst, head) in enumerate(zip(found, heads, strict=True)):
+            fobj = await opening
+            if n + 1 < len(found):
+                opening = asyncio.ensure_future(store.open_local(found[n + 1].storage_key))
+            try:
+                await response.write(head)
+                await _send_blob(request, response, store, inst, fobj)
+            finally:
+                if fobj is not None:
+                    fobj.close()  # a read-only regular file: close(2) does not wait on the disk
+            await response.write(PART_END)
+        await response.write(closing)
+    except OSError as exc:
+        # A file the index names is gone or short: break the response rather than lie.
+        log.error("retrieve of study %s aborted: %s", found[0].study_uid, exc)
         raise
+    finally:  # a prefetched file left open by an early exit (close() twice is harmless)
+        if not opening.done():
+            opening.cancel()
+        elif not opening.cancelled() and opening.exception() is None and opening.result():
+            opening.result().close()
     await response.write_eof()
     return response
 
