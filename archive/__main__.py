@@ -2,4 +2,6 @@
 
 from archive.cli import main
 
-raise SystemExit(main())
+# Guarded: worker processes of the parse pool import this module under another name.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 
 from aiohttp import web
 
 from archive.config import Config
+from archive.dicom.part10 import worker_init
 from archive.dicomweb import qido, stow, wado
 from archive.index.db import create_engine, init_schema
 from archive.index.reader import IndexReader
@@ -102,6 +106,19 @@ def _routes(app: web.Application) -> None:
     r.add_get(instance + "/bulk/{path:.+}", wado.bulkdata)
 
 
+def _parse_pool_factory(cfg: Config) -> Callable[[], ProcessPoolExecutor] | None:
+    n = cfg.ingest.parse_processes
+    if n == -1:
+        n = 1 if (os.cpu_count() or 1) > 1 else 0
+    if n == 0:
+        return None
+    # forkserver: workers do not inherit the event loop, threads or sockets of this process;
+    # the preload makes a (re)started worker ready without importing pydicom again.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["archive.dicom.part10"])
+    return lambda: ProcessPoolExecutor(n, mp_context=ctx, initializer=worker_init)
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     cfg: Config = app["config"]
     store = FilesystemStore(cfg.storage_path)
@@ -112,11 +129,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app["store"] = store
     app["engine"] = engine
     app["reader"] = IndexReader(engine)
-    app["ingest"] = Ingest(store, writer, cfg.ingest.bulk_data_threshold)
+    ingest = Ingest(store, writer, cfg.ingest.bulk_data_threshold, _parse_pool_factory(cfg))
+    app["ingest"] = ingest
     log.info("ready: storage=%s database=%s", cfg.storage_path, engine.url.render_as_string())
     yield
     await engine.dispose()
     store.close()
+    ingest.close()
 
 
 def create_app(cfg: Config) -> web.Application:

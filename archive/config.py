@@ -56,6 +56,9 @@ class IngestConfig:
     duplicate_policy: str = "reject"
     # Largest binary value kept inline (base64) in stored metadata; larger ones get a BulkDataURI.
     bulk_data_threshold: int = 1024
+    # Processes that parse incoming instances beside the event loop; 0 parses in threads.
+    # -1 (default): 1 on a machine with more than one CPU, else 0.
+    parse_processes: int = -1
 
 
 @dataclass
@@ -144,6 +147,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("ports must be between 1 and 65535")
     if cfg.qido.max_results < 1:
         raise ConfigError("[qido] max_results must be at least 1")
+    if cfg.ingest.parse_processes < -1:
+        raise ConfigError("[ingest] parse_processes must be -1 (automatic), 0 or more")
     if cfg.ingest.bulk_data_threshold < 0:
         raise ConfigError("[ingest] bulk_data_threshold must not be negative")
     if cfg.log.level.lower() not in LOG_LEVELS:

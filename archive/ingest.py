@@ -10,29 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import struct
 import uuid
-import zlib
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
+from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from archive.dicom.jsonmodel import INSTANCE_URL_TOKEN
 from archive.dicom.part10 import (
     CANNOT_UNDERSTAND,
     DOES_NOT_MATCH,
     InvalidInstance,
     ParsedInstance,
-    parse_instance,
+    parse_and_encode,
 )
 from archive.index.writer import IndexWriter, InstanceRecord, Outcome
 from storage.base import BlobStore, BlobWriter, StorageError, StorageFullError
 
 log = logging.getLogger("archive.ingest")
 
-# Replaced by the server's public DICOMweb root when a response is built.
-BASE_URL_TOKEN = "@@BASE@@"
 
 # Failure reasons (PS3.18 Table 10.5.3-2 refers to the PS3.4 Annex B C-STORE statuses).
 OUT_OF_RESOURCES = 0xA700
@@ -113,29 +110,11 @@ class DatasetDigest:
         elif self._pos > self.skip:
             self._hash.update(data[self.skip - start:])
 
-    def hexdigest(self, dataset_offset: int) -> str | None:
-        if not self.valid or self.skip != dataset_offset or self._pos < dataset_offset:
+    def result(self) -> tuple[int, str] | None:
+        """(offset hashed from, sha256), or None if the head was not a Part 10 File Meta."""
+        if not self.valid or self.skip is None or self._pos < self.skip:
             return None
-        return self._hash.hexdigest()
-
-
-def _encode_json(parsed: ParsedInstance) -> bytes:
-    """Compressed DICOM JSON with bulk data URIs rooted at this instance's WADO-RS URL."""
-    text = json.dumps(parsed.json, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    url = (f"{BASE_URL_TOKEN}/studies/{parsed.study_uid}/series/{parsed.series_uid}"
-           f"/instances/{parsed.sop_instance_uid}")
-    return zlib.compress(text.replace(INSTANCE_URL_TOKEN, url).encode("utf-8"), 1)
-
-
-def _parse_and_encode(path: str, threshold: int, digest: DatasetDigest) -> tuple[ParsedInstance, bytes]:
-    with open(path, "rb") as fp:
-        head = fp.read(132 + 12)
-    offset = 144 + struct.unpack("<L", head[140:144])[0] if len(head) == 144 else -1
-    parsed = parse_instance(path, threshold, digest.hexdigest(offset))
-    try:
-        return parsed, _encode_json(parsed)
-    except ValueError as exc:  # NaN or infinity in a float element: not representable in JSON
-        raise InvalidInstance(f"value not representable in DICOM JSON: {exc}") from exc
+        return self.skip, self._hash.hexdigest()
 
 
 def storage_key(parsed: ParsedInstance) -> str:
@@ -149,10 +128,39 @@ class Ingest:
     validate, in an executor), :meth:`commit` (make a batch durable, then index it).
     :meth:`store` does all three for one instance."""
 
-    def __init__(self, store: BlobStore, writer: IndexWriter, bulk_data_threshold: int = 1024) -> None:
+    def __init__(self, store: BlobStore, writer: IndexWriter, bulk_data_threshold: int = 1024,
+                 pool_factory: Callable[[], Executor] | None = None) -> None:
         self.store = store
         self.writer = writer
         self.threshold = bulk_data_threshold
+        # Parsing is pure-Python CPU work: in a process pool it runs beside the event loop
+        # instead of taking turns with it for the GIL, and a parser crash on hostile input
+        # kills a worker, not the server. None: the loop's default thread pool.
+        self._pool_factory = pool_factory
+        self._pool: Executor | None = pool_factory() if pool_factory else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    async def _parse(self, path: str, digest: tuple[int, str] | None) -> tuple[ParsedInstance, bytes]:
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        try:
+            return await loop.run_in_executor(pool, parse_and_encode, path, self.threshold, digest)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory, a crash in a codec): start a new pool and
+            # give this instance one more try; if it kills that one too, it is refused.
+            log.error("parse worker died; restarting the pool")
+            if self._pool is pool and self._pool_factory is not None:
+                assert pool is not None
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._pool_factory()
+            try:
+                return await loop.run_in_executor(self._pool, parse_and_encode, path,
+                                                  self.threshold, digest)
+            except BrokenProcessPool:
+                raise InvalidInstance("the parser could not process this file") from None
 
     async def receive(self, chunks: AsyncIterable[bytes]) -> Staged | IngestResult:
         """Stream one instance's bytes into storage (hashing its data set on the way)."""
@@ -180,9 +188,7 @@ class Ingest:
         """Parse and validate a received instance; a failure discards its staged blob."""
         blob = staged.blob
         try:
-            loop = asyncio.get_running_loop()
-            parsed, meta_json = await loop.run_in_executor(
-                None, _parse_and_encode, str(blob.staged_path()), self.threshold, staged.digest)
+            parsed, meta_json = await self._parse(str(blob.staged_path()), staged.digest.result())
         except InvalidInstance as exc:
             await blob.abort()
             return IngestResult(exc.status, str(exc))

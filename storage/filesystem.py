@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import logging
 import os
 import uuid
@@ -91,7 +92,12 @@ class _FileWriter:
         self._closed = True
         final = self._store.data_dir / key
         created = self._store._makedirs(final.parent)
-        os.link(self._path, final)  # atomic, and never replaces an existing blob
+        try:
+            os.link(self._path, final)  # atomic, and never replaces an existing blob
+        except FileNotFoundError:  # a concurrent delete removed the (then empty) folder
+            self._store._known_dirs.discard(final.parent)
+            created = self._store._makedirs(final.parent)
+            os.link(self._path, final)
         os.unlink(self._path)
         return [final.parent, *created]
 
@@ -124,6 +130,9 @@ class FilesystemStore:
         # Disk calls wait (fsync above all) without holding the GIL: a pool of their own keeps
         # them from queueing behind CPU work in the loop's default executor.
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="storage-io")
+        self._prefix = uuid.uuid4().hex[:16]
+        self._counter = itertools.count()
+        self._known_dirs: set[Path] = set()
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -133,6 +142,8 @@ class FilesystemStore:
 
     def _makedirs(self, path: Path) -> list[Path]:
         """mkdir -p; return the parents whose entries changed (to fsync them)."""
+        if path in self._known_dirs:
+            return []
         created: list[Path] = []
         missing: list[Path] = []
         p = path
@@ -145,6 +156,9 @@ class FilesystemStore:
             except FileExistsError:
                 continue
             created.append(d.parent)
+        if len(self._known_dirs) > 10_000:  # a cache, not a catalogue
+            self._known_dirs.clear()
+        self._known_dirs.add(path)
         return created
 
     def _start(self) -> int:
@@ -162,7 +176,8 @@ class FilesystemStore:
             log.warning("removed %d leftover staged file(s) of interrupted writes", removed)
 
     async def create(self) -> _FileWriter:
-        return _FileWriter(self, self.tmp_dir / f"{uuid.uuid4().hex}.part")
+        # Unique without a getrandom(2) call per file: a random prefix per store, then a counter.
+        return _FileWriter(self, self.tmp_dir / f"{self._prefix}{next(self._counter):x}.part")
 
     async def commit_many(self, items: list[tuple[_FileWriter, str]]) -> list[StorageError | None]:
         """Commit several staged blobs at once: their fsyncs run in parallel (the file system
@@ -233,6 +248,7 @@ class FilesystemStore:
                 parent.rmdir()
             except OSError:
                 break
+            self._known_dirs.discard(parent)
             parent = parent.parent
 
     async def delete(self, key: str) -> None:

@@ -19,8 +19,11 @@ from pydicom.datadict import dictionary_VR, private_dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
-# Replaced by the instance's WADO-RS URL when a response is built (the host is not known at ingest).
+# BulkDataURIs are built before the instance's URL is known: INSTANCE_URL_TOKEN is replaced by
+# "BASE_URL_TOKEN/studies/…/instances/…" when the JSON is stored, and BASE_URL_TOKEN by the
+# server's public DICOMweb root when a response is sent (the host is not known at ingest).
 INSTANCE_URL_TOKEN = "@@INSTANCE@@"
+BASE_URL_TOKEN = "@@BASE@@"
 
 BYTES_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 _STRINGS = frozenset({"AS", "CS", "DA", "DT", "TM"})

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import signal
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -19,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread, read_dataset
 from pydicom.uid import UID
 
-from archive.dicom.jsonmodel import BulkRef, JsonBuilder
+from archive.dicom.jsonmodel import BASE_URL_TOKEN, INSTANCE_URL_TOKEN, BulkRef, JsonBuilder
 from archive.dicom.uids import is_valid_uid
 
 # Store what arrives: value validation is the sender's business, not a reason to refuse.
@@ -207,8 +210,12 @@ def _hash_range(fp: BinaryIO, start: int) -> str:
     return h.hexdigest()
 
 
-def parse_instance(path: str, threshold: int, dataset_sha256: str | None = None) -> ParsedInstance:
-    """Validate and index-parse the Part 10 file at ``path`` (blocking: run in an executor)."""
+def parse_instance(path: str, threshold: int,
+                   dataset_digest: tuple[int, str] | None = None) -> ParsedInstance:
+    """Validate and index-parse the Part 10 file at ``path`` (blocking: run in an executor).
+
+    ``dataset_digest`` is (offset, sha256) of the bytes from ``offset`` on, if the caller hashed
+    them while receiving; used when the offset is where the data set starts."""
     with open(path, "rb") as fp:
         fp.seek(0, 2)
         file_size = fp.tell()
@@ -219,7 +226,7 @@ def parse_instance(path: str, threshold: int, dataset_sha256: str | None = None)
                                   "Information are required")
         fp.seek(0)
         try:
-            return _parse(fp, path, file_size, threshold, dataset_sha256)
+            return _parse(fp, path, file_size, threshold, dataset_digest)
         except InvalidInstance:
             raise
         except Exception as exc:  # pydicom raises many types on broken input
@@ -227,7 +234,7 @@ def parse_instance(path: str, threshold: int, dataset_sha256: str | None = None)
 
 
 def _parse(fp: BinaryIO, path: str, file_size: int, threshold: int,
-           dataset_sha256: str | None) -> ParsedInstance:
+           dataset_digest: tuple[int, str] | None) -> ParsedInstance:
     ds = dcmread(fp, stop_before_pixels=True, defer_size=DEFER_SIZE)
     meta = ds.file_meta
     ts = str(meta.get("TransferSyntaxUID", "") or "")
@@ -277,6 +284,33 @@ def _parse(fp: BinaryIO, path: str, file_size: int, threshold: int,
     # A File Meta that names another instance than its data set is common in real data
     # (re-identified or edited files); the data set is authoritative, as in DCMTK.
     mismatch = str(meta_class) != sop_class or str(meta_instance) != sop_instance
-    sha = dataset_sha256 or _hash_range(fp, dataset_offset)
+    if dataset_digest is not None and dataset_digest[0] == dataset_offset:
+        sha = dataset_digest[1]
+    else:
+        sha = _hash_range(fp, dataset_offset)
     return ParsedInstance(ts, sop_class, sop_instance, study, series, dataset_offset, json,
                           builder.bulk, pixel, sha, mismatch)
+
+
+def _encode_json(parsed: ParsedInstance) -> bytes:
+    """Compressed DICOM JSON with bulk data URIs rooted at this instance's WADO-RS URL."""
+    text = json.dumps(parsed.json, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    url = (f"{BASE_URL_TOKEN}/studies/{parsed.study_uid}/series/{parsed.series_uid}"
+           f"/instances/{parsed.sop_instance_uid}")
+    return zlib.compress(text.replace(INSTANCE_URL_TOKEN, url).encode("utf-8"), 1)
+
+
+def parse_and_encode(path: str, threshold: int,
+                     dataset_digest: tuple[int, str] | None) -> tuple[ParsedInstance, bytes]:
+    """:func:`parse_instance` plus the stored form of its JSON: the CPU work of ingest, in one
+    call that an executor (threads or a process pool) runs."""
+    parsed = parse_instance(path, threshold, dataset_digest)
+    try:
+        return parsed, _encode_json(parsed)
+    except ValueError as exc:  # NaN or infinity in a float element: not representable in JSON
+        raise InvalidInstance(f"value not representable in DICOM JSON: {exc}") from exc
+
+
+def worker_init() -> None:
+    """Initializer of parse worker processes: Ctrl-C is the server's to handle, not theirs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

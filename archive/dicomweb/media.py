@@ -8,8 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from archive.dicom.jsonmodel import BASE_URL_TOKEN
 from archive.dicom.uids import is_valid_uid
-from archive.ingest import BASE_URL_TOKEN
 
 DICOM_JSON = "application/dicom+json"
 

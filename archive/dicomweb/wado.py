@@ -13,10 +13,10 @@ from typing import BinaryIO
 from aiohttp import web
 from pydicom import dcmread
 
+from archive.dicom.jsonmodel import BASE_URL_TOKEN
 from archive.dicomweb.media import base_url, parse_accept, uid_param
 from archive.dicomweb.multipart import PART_END, MultipartWriter, new_boundary
 from archive.index.reader import IndexReader, StoredInstance
-from archive.ingest import BASE_URL_TOKEN
 from storage.base import BlobStore
 
 log = logging.getLogger("archive.wado")
