@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import struct
 import uuid
@@ -30,6 +31,9 @@ from storage.base import BlobStore, BlobWriter, StorageError, StorageFullError
 
 log = logging.getLogger("archive.ingest")
 
+
+# Storage folder of the batch intents (see Ingest.recover); UIDs never start with a letter.
+JOURNAL = "journal"
 
 # Failure reasons (PS3.18 Table 10.5.3-2 refers to the PS3.4 Annex B C-STORE statuses).
 OUT_OF_RESOURCES = 0xA700
@@ -227,6 +231,14 @@ class Ingest:
         it stored; blobs that end up unreferenced are deleted."""
         if not prepared:
             return []
+        try:
+            intent = await self._write_intent(prepared)
+        except StorageError as exc:
+            await self.discard(prepared)
+            status = OUT_OF_RESOURCES if isinstance(exc, StorageFullError) else PROCESSING_FAILURE
+            for p in prepared:
+                _failed(p.result, status, str(exc) if status == OUT_OF_RESOURCES else "storage error")
+            return [p.result for p in prepared]
         errors = await self.store.commit_many([(p.blob, p.record.storage_key) for p in prepared])
         durable: list[Prepared] = []
         for p, err in zip(prepared, errors, strict=True):
@@ -239,7 +251,41 @@ class Ingest:
             _failed(p.result, status, str(err) if status == OUT_OF_RESOURCES else "storage error")
         if durable:
             await self._index(durable)
+        await self._drop(intent)
         return [p.result for p in prepared]
+
+    async def _write_intent(self, prepared: list[Prepared]) -> str:
+        """Journal the keys about to be committed before they get their names: if the process
+        dies before the index commit, :meth:`recover` deletes the blobs the index never got."""
+        key = f"{JOURNAL}/{uuid.uuid4().hex}.json"
+        entries = [[p.record.sop_uid, p.record.storage_key] for p in prepared]
+        blob = await self.store.create()
+        try:
+            await blob.write(json.dumps(entries).encode("ascii"))
+        except BaseException:
+            await blob.abort()
+            raise
+        await blob.commit(key)
+        return key
+
+    async def recover(self) -> int:
+        """At start-up: delete blobs of batches that were committed to storage but never
+        indexed (the process died in between). Returns how many were deleted."""
+        removed = 0
+        for key in await self.store.list(JOURNAL):
+            data = b"".join([chunk async for chunk in self.store.open_range(key)])
+            try:
+                entries = [(str(sop), str(k)) for sop, k in json.loads(data)]
+            except (ValueError, TypeError):
+                entries = []  # a journal cut short by the crash: its blobs were not linked yet
+            indexed = await self.writer.stored_keys([sop for sop, _ in entries])
+            for sop, blob_key in entries:
+                if blob_key not in indexed and await self.store.exists(blob_key):
+                    log.warning("removing unindexed blob of an interrupted batch sop=%s", sop)
+                    await self.store.delete(blob_key)
+                    removed += 1
+            await self.store.delete(key)
+        return removed
 
     async def _index(self, durable: list[Prepared]) -> None:
         try:

@@ -232,6 +232,15 @@ class FilesystemStore:
     def open_sync(self, key: str) -> BinaryIO:
         return open(self.path(key), "rb")
 
+    def _list(self, prefix: str) -> list[str]:
+        folder = self.data_dir / check_key(prefix)
+        if not folder.is_dir():
+            return []
+        return sorted(f"{prefix}/{p.name}" for p in folder.iterdir() if p.is_file())
+
+    async def list(self, prefix: str) -> list[str]:
+        return await self._run(self._list, prefix)
+
     async def size(self, key: str) -> int:
         return (await self._run(os.stat, self.path(key))).st_size
 

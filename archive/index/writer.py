@@ -81,6 +81,16 @@ class IndexWriter:
         async with self._lock, self.engine.begin() as conn:
             return await self._add(conn, records)
 
+    async def stored_keys(self, sop_uids: list[str]) -> set[str]:
+        """The storage keys the index references for these instances."""
+        keys: set[str] = set()
+        for i in range(0, len(sop_uids), 500):
+            async with self.engine.connect() as conn:
+                rows = await conn.execute(select(instances.c.storage_key).where(
+                    instances.c.sop_uid.in_(sop_uids[i:i + 500])))
+                keys.update(rows.scalars())
+        return keys
+
     async def _add(self, conn: AsyncConnection, records: list[InstanceRecord]) -> list[AddResult]:
         uids = list({r.sop_uid for r in records})
         rows = await conn.execute(
