@@ -718,6 +718,7 @@ async def test_study_level_computed_attributes(archive) -> None:
         assert values(r, "00201208") == [len(instances_of_study(study))]
         assert values(r, "00081190") == [f"{base}/studies/{study.uid}"]
         assert r["00081190"]["vr"] == "UR"
+        assert values(r, "00080056") == ["ONLINE"]  # InstanceAvailability
         assert values(r, "00081030") == ([study.description] if study.description else [])
         assert values(r, "00100020") == [study.patient.pid]
         assert values(r, "00200010") == [study.key]
@@ -1052,3 +1053,13 @@ async def test_empty_archive(client) -> None:
     for name in ("limit", "offset", "fuzzymatching"):
         assert name in await error(client, "/studies", {name: "-x"})
     assert "Foo" in await error(client, "/studies", {"Foo": "1"})
+
+
+async def test_includefield_of_a_lower_level_attribute_comes_from_stored_metadata(archive) -> None:
+    """/studies?includefield=Modality: a series attribute, returned from the study's first instance."""
+    found = await search(archive, "/studies", {"includefield": "Modality,SOPClassUID"})
+    by_uid = {first(r, "0020000D"): r for r in found}
+    for study in STUDIES:
+        r = by_uid[study.uid]
+        assert first(r, "00080060") in modalities_of(study)
+        assert first(r, "00080016") is not None

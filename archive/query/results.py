@@ -82,6 +82,8 @@ def to_json(rows: Sequence[Any], query: Query, base: str,
             obj[a.tag_hex] = element(a, _value(row, a))
         if query.level >= Level.STUDY:
             obj["00081190"] = {"vr": "UR", "Value": [retrieve_url(base, row, query.level)]}
+            # InstanceAvailability (PS3.18 Tables 10.6.3-3..5): every stored file is on line.
+            obj["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
         if extra:
             for key, value in extra.get(getattr(row, pk_name), {}).items():
                 obj.setdefault(key, value)
@@ -90,8 +92,14 @@ def to_json(rows: Sequence[Any], query: Query, base: str,
 
 
 def _stored_tags(query: Query) -> set[str]:
-    """includefield tags that are not index columns: served from a stored instance's JSON."""
-    return {f"{t:08X}" for t in query.includes if t not in BY_TAG}
+    """includefield tags that are not index columns of the result's level (or above): served
+    from the stored JSON of the row's first instance."""
+    out = set()
+    for t in query.includes:
+        attr = BY_TAG.get(t)
+        if attr is None or (attr.level > query.level and not attr.computed):
+            out.add(f"{t:08X}")
+    return out
 
 
 async def extra_attributes(conn: AsyncConnection, query: Query,
