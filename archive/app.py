@@ -131,7 +131,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app["reader"] = IndexReader(engine)
     ingest = Ingest(store, writer, cfg.ingest.bulk_data_threshold, _parse_pool_factory(cfg))
     app["ingest"] = ingest
-    removed = await ingest.recover()
+    removed = await ingest.start()
     if removed:
         log.warning("start-up: removed %d unindexed blob(s) of interrupted batches", removed)
     log.info("ready: storage=%s database=%s", cfg.storage_path, engine.url.render_as_string())

@@ -25,6 +25,7 @@ from archive.dicom.part10 import (
     InvalidInstance,
     ParsedInstance,
     parse_and_encode,
+    worker_ready,
 )
 from archive.index.writer import IndexWriter, InstanceRecord, Outcome
 from storage.base import BlobStore, BlobWriter, StorageError, StorageFullError
@@ -142,6 +143,13 @@ class Ingest:
         # kills a worker, not the server. None: the loop's default thread pool.
         self._pool_factory = pool_factory
         self._pool: Executor | None = pool_factory() if pool_factory else None
+
+    async def start(self) -> int:
+        """Start the parse workers (so the first upload does not wait for them) and recover
+        from an interrupted run; returns the number of blobs :meth:`recover` removed."""
+        if self._pool is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, worker_ready)
+        return await self.recover()
 
     def close(self) -> None:
         if self._pool is not None:

@@ -1,9 +1,11 @@
-"""Subprocesses the benchmark starts (the archive server, the plain file server) and RSS sampling.
+"""Subprocesses the benchmark starts (the archive server, the plain file server) and memory sampling.
 
 ``ManagedProcess`` starts a command with its output in a log file, waits for its health URL to
 answer 200, and stops it (SIGTERM, then SIGKILL after a grace period) by its own pid only.
-``RssSampler`` samples the resident set size of a process and all its children every ~50 ms in a
-thread and keeps the peak overall and per named phase.
+``MemorySampler`` samples a process and all its children (recursive) every ~50 ms in a thread: the
+sum of their RSS and the sum of their PSS, and keeps the peak of each overall and per named phase.
+RSS counts a page shared by several processes (e.g. forked workers) once per process; PSS splits it
+between them, so the PSS sum is the honest footprint of a multi-process server.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -97,18 +100,36 @@ def _kill_quietly(proc: psutil.Process) -> None:
         pass
 
 
-class RssSampler(threading.Thread):
-    """Samples RSS (process + children) every ``interval`` s until ``stop()``."""
+@dataclass
+class MemoryPeaks:
+    """Peaks in bytes of the RSS sum and of the PSS sum (each its own peak; they need not coincide)."""
+
+    rss: int = 0
+    pss: int = 0
+
+    def update(self, rss: int, pss: int) -> None:
+        self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+
+
+class MemorySampler(threading.Thread):
+    """Samples RSS and PSS, summed over a process and its children, every ``interval`` s until ``stop()``.
+
+    PSS comes from ``memory_full_info()`` (``/proc/PID/smaps_rollup`` on Linux), which costs far more
+    than ``memory_info()``; the time spent sampling is kept so the cost can be reported. Where PSS is
+    not available (not Linux) ``has_pss`` is False and the PSS figures stay 0.
+    """
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
-        super().__init__(name="rss-sampler", daemon=True)
+        super().__init__(name="memory-sampler", daemon=True)
         self.proc = psutil.Process(pid)
         self.interval = interval
         self.phase = "server"
-        self.peak = 0
-        self.peaks: dict[str, int] = {}
+        self.peak = MemoryPeaks()
+        self.peaks: dict[str, MemoryPeaks] = {}
         self.samples = 0
-        self.last = 0
+        self.max_processes = 0
+        self.sample_seconds = 0.0
+        self.has_pss = True
         self._stop_event = threading.Event()
 
     def set_phase(self, phase: str) -> None:
@@ -119,20 +140,37 @@ class RssSampler(threading.Thread):
         while not self._stop_event.wait(self.interval):
             self.sample()
 
+    def _measure(self, proc: psutil.Process) -> tuple[int, int]:
+        if self.has_pss:
+            info = proc.memory_full_info()
+            pss = getattr(info, "pss", None)
+            if pss is not None:
+                return info.rss, pss
+            self.has_pss = False
+        return proc.memory_info().rss, 0
+
     def sample(self) -> None:
+        started = time.perf_counter()
         try:
-            rss = self.proc.memory_info().rss
-            for child in self.proc.children(recursive=True):
-                try:
-                    rss += child.memory_info().rss
-                except psutil.Error:
-                    pass
+            rss, pss = self._measure(self.proc)
+            children = self.proc.children(recursive=True)
         except psutil.Error:
             return
+        for child in children:
+            try:
+                child_rss, child_pss = self._measure(child)
+            except psutil.Error:  # exited meanwhile
+                continue
+            rss, pss = rss + child_rss, pss + child_pss
+        self.sample_seconds += time.perf_counter() - started
         self.samples += 1
-        self.last = rss
-        self.peak = max(self.peak, rss)
-        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss)
+        self.max_processes = max(self.max_processes, 1 + len(children))
+        self.peak.update(rss, pss)
+        self.peaks.setdefault(self.phase, MemoryPeaks()).update(rss, pss)
+
+    @property
+    def mean_sample_ms(self) -> float:
+        return self.sample_seconds / self.samples * 1000 if self.samples else 0.0
 
     def stop(self) -> None:
         self._stop_event.set()

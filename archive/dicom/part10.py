@@ -314,3 +314,8 @@ def parse_and_encode(path: str, threshold: int,
 def worker_init() -> None:
     """Initializer of parse worker processes: Ctrl-C is the server's to handle, not theirs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def worker_ready() -> bool:
+    """A no-op a worker runs at start-up, so the pool is up before the first upload."""
+    return True

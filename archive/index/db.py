@@ -29,7 +29,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=10000")
     # PS3.4 matching is case-sensitive except for PN (which we match on upper-cased columns).
     cur.execute("PRAGMA case_sensitive_like=ON")
-    cur.execute("PRAGMA cache_size=-16000")
+    cur.execute("PRAGMA cache_size=-8000")  # 8 MB a connection
     cur.close()
 
 
@@ -37,7 +37,8 @@ def create_engine(url: str, echo: bool = False) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, echo=echo)
+    # A bounded pool: each SQLite connection has its own page cache (8 MB, see the pragmas).
+    engine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=5)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
