@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from aiohttp import web
 
+from archive import keys
 from archive.config import Config
 from archive.dicom.part10 import worker_init
 from archive.dicomweb import qido, stow, wado
@@ -39,7 +40,7 @@ def _cors_origin(request: web.Request, origins: list[str]) -> str | None:
 @web.middleware
 async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answers CORS preflight requests; the other responses get their headers in _cors_headers."""
-    origins: list[str] = request.app["config"].http.cors_origins
+    origins: list[str] = request.app[keys.CONFIG].http.cors_origins
     allowed = _cors_origin(request, origins)
     if request.method == "OPTIONS" and allowed and "Access-Control-Request-Method" in request.headers:
         return web.Response(status=204, headers={
@@ -53,7 +54,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: every response, streamed ones and errors included, gets CORS headers."""
-    allowed = _cors_origin(request, request.app["config"].http.cors_origins)
+    allowed = _cors_origin(request, request.app[keys.CONFIG].http.cors_origins)
     if allowed and "Access-Control-Allow-Origin" not in response.headers:
         response.headers["Access-Control-Allow-Origin"] = allowed
         response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
@@ -120,17 +121,17 @@ def _parse_pool_factory(cfg: Config) -> Callable[[], ProcessPoolExecutor] | None
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    cfg: Config = app["config"]
+    cfg: Config = app[keys.CONFIG]
     store = FilesystemStore(cfg.storage_path)
     await store.start()
     engine = create_engine(cfg.database_url, cfg.database.echo)
     await init_schema(engine)
     writer = IndexWriter(engine, cfg.ingest.duplicate_policy)
-    app["store"] = store
-    app["engine"] = engine
-    app["reader"] = IndexReader(engine)
+    app[keys.STORE] = store
+    app[keys.ENGINE] = engine
+    app[keys.READER] = IndexReader(engine)
     ingest = Ingest(store, writer, cfg.ingest.bulk_data_threshold, _parse_pool_factory(cfg))
-    app["ingest"] = ingest
+    app[keys.INGEST] = ingest
     removed = await ingest.start()
     if removed:
         log.warning("start-up: removed %d unindexed blob(s) of interrupted batches", removed)
@@ -144,7 +145,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 def create_app(cfg: Config) -> web.Application:
     app = web.Application(middlewares=[cors_middleware, error_middleware],
                           client_max_size=1024 ** 4)
-    app["config"] = cfg
+    app[keys.CONFIG] = cfg
     app.on_response_prepare.append(_cors_headers)
     app.cleanup_ctx.append(_resources)
     _routes(app)

@@ -53,10 +53,12 @@ class Target:
                 "verdict": self.verdict}
 
 
-def at_most(name: str, value: float | None, limit: float, unit: str) -> Target:
+def at_most(name: str, value: float | None, limit: float, unit: str, note: str = "") -> Target:
+    """``note`` is shown after the value (e.g. a related figure)."""
     if value is None:
         return Target(name, None, "not measured", f"< {limit:g} {unit}", None)
-    return Target(name, value, f"{value:.1f} {unit}", f"< {limit:g} {unit}", value < limit)
+    shown = f"{value:.1f} {unit}" + (f" {note}" if note else "")
+    return Target(name, value, shown, f"< {limit:g} {unit}", value < limit)
 
 
 def ratio_at_least(name: str, value: float | None, reference: float | None, share: float, unit: str

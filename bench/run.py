@@ -3,20 +3,22 @@
     python bench/run.py                 # full run: 100,000 tiny instances + ~1 GB of CT (~5-15 min)
     python bench/run.py --quick         # smoke run: 2,000 tiny instances, ~160 MB of CT (< 1 min)
     python bench/run.py --instances 50000 --json bench/out/figures.json
+    python bench/run.py --only stow_ct --parse-processes 1   # STOW CT only, one parse worker process
 
 Steps, all in one run and all over 127.0.0.1:
  1. synthetic data (cached under ``<workdir>/cache``): a CT set of 512x512 slices plus one long series,
     and N tiny instances over many patients/studies/series (``datasets.py``);
  2. machine limits: write+fsync MB/s on the data dir's disk (1 and 4 writers) and plain-file HTTP GET
     MB/s over loopback (``limits.py``);
- 3. the server (``python -m archive serve --config``) on a fresh data dir, its RSS (with children)
-    sampled every 50 ms for the whole run;
+ 3. the server (``python -m archive serve --config``) on a fresh data dir; the RSS sum and the PSS
+    sum of it and its children sampled every 50 ms for the whole run;
  4. STOW-RS of the CT set (50 instances per request, 4 clients);
  5. STOW-RS of the tiny set, then QIDO-RS latencies over a mixed query set (``qido.py``);
  6. WADO-RS /metadata of the long series (first run, median of the next runs);
  7. WADO-RS retrieve of the long series, streamed and counted (median of 3);
  8. a summary against the targets, optionally written as JSON (``--json``).
 
+``--only`` runs a subset of steps 4-7 (and only the data and limits they need).
 Every answer is checked (status, counts); problems are listed at the end, never asserted.
 MB = 10^6 bytes throughout.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -42,7 +45,7 @@ import httpclient
 import limits
 import qido
 import report
-from procs import ManagedProcess, ProcessError, RssSampler
+from procs import ManagedProcess, MemorySampler, ProcessError
 
 REPO = Path(__file__).resolve().parent.parent
 RETRIEVE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -50,8 +53,13 @@ TARGET_QIDO_P95_MS = 50.0
 TARGET_METADATA_MS = 150.0
 TARGET_STOW_SHARE = 0.90
 TARGET_RETRIEVE_SHARE = 0.50
-TARGET_RSS_MB = 200.0
+TARGET_MEMORY_MB = 200.0  # server peak PSS (with children)
 FSYNC_MAX_FILES = 8000  # caps the probe at ~4 GB of temporary files
+MEMORY_INTERVAL_S = 0.05
+# --only names -> the run's step names; a step's prerequisite is added when it is left out.
+ONLY_STEPS = {"stow_ct": "stow_ct", "tiny": "stow_tiny", "qido": "qido", "metadata": "metadata",
+              "retrieve": "retrieve"}
+ONLY_NEEDS = {"qido": "tiny", "metadata": "stow_ct", "retrieve": "stow_ct"}
 
 
 @dataclass
@@ -87,7 +95,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repo", type=Path, default=REPO, help="folder the server runs from (default: this repo)")
     p.add_argument("--keep-data", action="store_true", help="keep the server data dir after the run")
     p.add_argument("--disable-dimse", action="store_true", help="write [dimse] enabled = false")
-    return p.parse_args(argv)
+    p.add_argument("--parse-processes", type=int, metavar="N",
+                   help="write [ingest] parse_processes = N (0 = parse in threads, 1 = one worker "
+                   "process; default: not written, the server's default)")
+    p.add_argument("--only", metavar="STEPS",
+                   help=f"run only these steps, comma-separated among {', '.join(ONLY_STEPS)} "
+                   "(qido needs tiny, metadata and retrieve need stow_ct: added when missing)")
+    args = p.parse_args(argv)
+    try:
+        resolve_only(args.only)
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
+
+
+def resolve_only(text: str | None) -> tuple[list[str], list[str]]:
+    """(--only names to run in run order, notes on prerequisites added); every step without --only."""
+    if text is None:
+        return list(ONLY_STEPS), []
+    asked = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in asked if name not in ONLY_STEPS]
+    if unknown or not asked:
+        raise ValueError(f"--only: unknown step(s) {', '.join(unknown) or '(none given)'}; "
+                         f"choose among {', '.join(ONLY_STEPS)}")
+    chosen, notes = set(asked), []
+    for name in ONLY_STEPS:
+        need = ONLY_NEEDS.get(name)
+        if name in chosen and need is not None and need not in chosen:
+            chosen.add(need)
+            notes.append(f"{name} needs {need}: {need} added")
+    return [name for name in ONLY_STEPS if name in chosen], notes
 
 
 def sizes_from(args: argparse.Namespace) -> Sizes:
@@ -134,10 +171,12 @@ def progress_printer(label: str, total: int, every: float = 10.0) -> Callable[[h
     return show
 
 
-def server_config(run_dir: Path, port: int, disable_dimse: bool) -> str:
+def server_config(run_dir: Path, port: int, disable_dimse: bool, parse_processes: int | None = None) -> str:
     files, db = json.dumps(str(run_dir / "files")), json.dumps(f"sqlite+aiosqlite:///{run_dir / 'index.db'}")
     text = (f'[http]\nhost = "127.0.0.1"\nport = {port}\n[storage]\npath = {files}\n[database]\nurl = {db}\n'
             '[qido]\nmax_results = 100000\n[log]\nlevel = "warning"\n')
+    if parse_processes is not None:
+        text += f"[ingest]\nparse_processes = {parse_processes}\n"
     return text + ("[dimse]\nenabled = false\n" if disable_dimse else "")
 
 
@@ -151,9 +190,11 @@ class Bench:
         self.figures: dict[str, Any] = {}
         self.problems: list[str] = []
         self.server: ManagedProcess | None = None
-        self.sampler: RssSampler | None = None
+        self.sampler: MemorySampler | None = None
         self.ct: datasets.CtSet | None = None
         self.tiny: datasets.TinySet | None = None
+        only, self.only_notes = resolve_only(args.only)
+        self.selected = {ONLY_STEPS[name] for name in only}
         self.load_at_start = os.getloadavg()[0]
 
     @property
@@ -173,61 +214,71 @@ class Bench:
     def prepare_data(self) -> None:
         report.section("1. synthetic data")
         s, cache = self.sizes, self.args.workdir / "cache"
-        self.ct = datasets.ct_set(cache, s.ct_studies, s.ct_series, s.ct_slices, s.big)
-        self.tiny = datasets.tiny_set(cache, s.tiny)
-        ct, tiny = self.ct, self.tiny
-        print(f"  CT: {len(ct.files):,} instances, {ct.total_bytes / 1e6:.0f} MB "
-              f"({s.ct_studies} studies x {s.ct_series} series x {s.ct_slices} + one {s.big}-slice series, "
-              f"{ct.total_bytes / len(ct.files) / 1e3:.0f} kB each)")
-        series = sum(len(st.series) for st in tiny.studies)
-        patients = len({st.patient_id for st in tiny.studies})
-        print(f"  tiny: {tiny.count:,} instances, {tiny.total_bytes / 1e6:.0f} MB, "
-              f"{len(tiny.studies):,} studies, {series:,} series, {patients:,} patients")
-        self.figures["data"] = {"ct_instances": len(ct.files), "ct_bytes": ct.total_bytes,
-                                "big_series_instances": ct.big_count, "big_series_bytes": ct.big_bytes,
-                                "tiny_instances": tiny.count, "tiny_bytes": tiny.total_bytes,
-                                "tiny_studies": len(tiny.studies), "tiny_series": series}
+        out = self.figures.setdefault("data", {})
+        if "stow_ct" in self.selected:
+            self.ct = ct = datasets.ct_set(cache, s.ct_studies, s.ct_series, s.ct_slices, s.big)
+            print(f"  CT: {len(ct.files):,} instances, {ct.total_bytes / 1e6:.0f} MB "
+                  f"({s.ct_studies} studies x {s.ct_series} series x {s.ct_slices} + one {s.big}-slice "
+                  f"series, {ct.total_bytes / len(ct.files) / 1e3:.0f} kB each)")
+            out.update({"ct_instances": len(ct.files), "ct_bytes": ct.total_bytes,
+                        "big_series_instances": ct.big_count, "big_series_bytes": ct.big_bytes})
+        if "stow_tiny" in self.selected:
+            self.tiny = tiny = datasets.tiny_set(cache, s.tiny)
+            series = sum(len(st.series) for st in tiny.studies)
+            patients = len({st.patient_id for st in tiny.studies})
+            print(f"  tiny: {tiny.count:,} instances, {tiny.total_bytes / 1e6:.0f} MB, "
+                  f"{len(tiny.studies):,} studies, {series:,} series, {patients:,} patients")
+            out.update({"tiny_instances": tiny.count, "tiny_bytes": tiny.total_bytes,
+                        "tiny_studies": len(tiny.studies), "tiny_series": series})
 
     def measure_limits(self) -> None:
         report.section("2. machine limits")
-        file_bytes = round(self.ct_data.total_bytes / len(self.ct_data.files))
-        probe = self.run_dir / "fsync-probe"
-        rows, out = [], {}
-        for writers in (1, self.sizes.clients):
-            r = limits.fsync_probe(probe, file_bytes, writers, self.sizes.fsync_seconds, FSYNC_MAX_FILES)
-            rows.append((f"write+fsync+rename, {writers} writer(s)", f"{r.mb_per_s:.1f} MB/s",
-                         f"{r.files_per_s:.0f} files/s", f"{r.files} x {file_bytes / 1e3:.0f} kB"))
-            out[f"fsync_{writers}_writers_mb_s"] = r.mb_per_s
-        require_free_port(self.args.file_port)
-        plain = limits.loopback_get(self.run_dir / "plain", self.sizes.plain_mb * 10**6, self.args.file_port,
-                                    self.sizes.retrieve_runs)
-        runs = ", ".join(f"{d.mb_per_s:.0f}" for d in plain.runs)
-        rows.append(("plain-file HTTP GET over loopback", f"{plain.median_mb_per_s:.1f} MB/s",
-                     f"median of {len(plain.runs)}", f"{self.sizes.plain_mb} MB file; runs {runs}"))
-        out["fsync_limit_mb_s"] = max(out.values())
-        out["loopback_get_mb_s"] = plain.median_mb_per_s
-        out["loopback_get_runs_mb_s"] = [d.mb_per_s for d in plain.runs]
-        print(report.table(rows, ("limit", "rate", "", "detail")))
+        rows: list[tuple[str, str, str, str]] = []
+        out: dict[str, Any] = {}
+        if "stow_ct" in self.selected:  # the write+fsync limit is the STOW CT reference
+            file_bytes = round(self.ct_data.total_bytes / len(self.ct_data.files))
+            probe = self.run_dir / "fsync-probe"
+            for writers in (1, self.sizes.clients):
+                r = limits.fsync_probe(probe, file_bytes, writers, self.sizes.fsync_seconds, FSYNC_MAX_FILES)
+                rows.append((f"write+fsync+rename, {writers} writer(s)", f"{r.mb_per_s:.1f} MB/s",
+                             f"{r.files_per_s:.0f} files/s", f"{r.files} x {file_bytes / 1e3:.0f} kB"))
+                out[f"fsync_{writers}_writers_mb_s"] = r.mb_per_s
+            out["fsync_limit_mb_s"] = max(out.values())
+        if "retrieve" in self.selected:  # the loopback GET is the retrieve reference
+            require_free_port(self.args.file_port)
+            plain = limits.loopback_get(self.run_dir / "plain", self.sizes.plain_mb * 10**6,
+                                        self.args.file_port, self.sizes.retrieve_runs)
+            runs = ", ".join(f"{d.mb_per_s:.0f}" for d in plain.runs)
+            rows.append(("plain-file HTTP GET over loopback", f"{plain.median_mb_per_s:.1f} MB/s",
+                         f"median of {len(plain.runs)}", f"{self.sizes.plain_mb} MB file; runs {runs}"))
+            out["loopback_get_mb_s"] = plain.median_mb_per_s
+            out["loopback_get_runs_mb_s"] = [d.mb_per_s for d in plain.runs]
+        if rows:
+            print(report.table(rows, ("limit", "rate", "", "detail")))
+        else:
+            print("  none needed by the selected steps")
         self.figures["limits"] = out
 
     def start_server(self) -> None:
         report.section("3. archive server")
         require_free_port(self.args.port)
         config = self.run_dir / "archive.toml"
-        config.write_text(server_config(self.run_dir, self.args.port, self.args.disable_dimse))
+        pp = self.args.parse_processes
+        config.write_text(server_config(self.run_dir, self.args.port, self.args.disable_dimse, pp))
         argv = [sys.executable, "-m", "archive", "serve", "--config", str(config)]
         self.server = ManagedProcess("archive server", argv, self.args.repo, self.run_dir / "server.log",
                                      f"http://127.0.0.1:{self.args.port}/healthz")
         started = time.perf_counter()
         self.server.start(timeout=60)
-        self.sampler = RssSampler(self.server.pid)
+        self.sampler = MemorySampler(self.server.pid, MEMORY_INTERVAL_S)
         self.sampler.set_phase("server")
         self.sampler.sample()
         self.sampler.start()
         ready = time.perf_counter() - started
         print(f"  `{' '.join(argv[1:])}` ready in {ready:.1f} s (pid {self.server.pid}), "
               f"data in {self.run_dir}")
-        self.figures["server"] = {"startup_s": ready}
+        print(f"  [ingest] parse_processes = {pp if pp is not None else '(not set: server default)'}")
+        self.figures["server"] = {"startup_s": ready, "parse_processes": pp}
 
     def _stow(self, label: str, batches: Iterator[list[bytes]], total: int) -> httpclient.StowResult:
         result = asyncio.run(httpclient.stow(f"{self.base}/studies", batches, self.sizes.clients,
@@ -256,12 +307,13 @@ class Bench:
         self.figures["stow_tiny"] = _stow_dict(r)
 
     def query(self) -> None:
-        tiny, ct = self.tiny_data, self.ct_data
-        total = tiny.count + len(ct.files)
+        tiny = self.tiny_data
+        stored, total = list(tiny.studies), tiny.count  # the catalog is what this run stored
+        if "stow_ct" in self.selected:
+            stored, total = self.ct_data.studies + stored, total + len(self.ct_data.files)
         report.section(f"5b. QIDO-RS at {total:,} instances ({self.sizes.queries_per_kind} queries per kind, "
                        "sequential)")
-        result = qido.measure(self.base, tiny.studies, ct.studies + tiny.studies,
-                              self.sizes.queries_per_kind)
+        result = qido.measure(self.base, tiny.studies, stored, self.sizes.queries_per_kind)
         self.figures["qido"] = _qido_dict(result, total)
         kinds = self.figures["qido"]["kinds"]
         rows = [(k, len(v["ms"]), f"{v['p50_ms']:.1f}", f"{v['p95_ms']:.1f}", f"{v['max_ms']:.1f}",
@@ -332,12 +384,18 @@ class Bench:
 
     def run(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.args.only is not None:
+            names = [k for k, v in ONLY_STEPS.items() if v in self.selected]
+            added = f" ({'; '.join(self.only_notes)})" if self.only_notes else ""
+            print(f"--only: running {', '.join(names)}{added}")
         steps: list[tuple[str, Callable[[], None]]] = [
             ("data", self.prepare_data), ("limits", self.measure_limits), ("server", self.start_server),
             ("stow_ct", self.stow_ct), ("stow_tiny", self.stow_tiny), ("qido", self.query),
             ("metadata", self.metadata), ("retrieve", self.retrieve)]
         try:
             for name, fn in steps:
+                if name in ONLY_STEPS.values() and name not in self.selected:
+                    continue
                 if not self.step(name, fn):
                     break
         finally:
@@ -347,9 +405,18 @@ class Bench:
 
     def shutdown(self) -> None:
         if self.sampler is not None:
-            self.sampler.stop()
-            self.figures["rss"] = {"peak_mb": self.sampler.peak / 1e6, "samples": self.sampler.samples,
-                                   "peak_by_step_mb": {k: v / 1e6 for k, v in self.sampler.peaks.items()}}
+            sampler = self.sampler
+            sampler.stop()
+            # RSS sum: shared pages of forked children counted once per process; PSS sum: split.
+            self.figures["rss"] = {"peak_mb": sampler.peak.rss / 1e6, "samples": sampler.samples,
+                                   "peak_by_step_mb": {k: v.rss / 1e6 for k, v in sampler.peaks.items()}}
+            self.figures["pss"] = ({"peak_mb": sampler.peak.pss / 1e6,
+                                    "peak_by_step_mb": {k: v.pss / 1e6 for k, v in sampler.peaks.items()}}
+                                   if sampler.has_pss else {"peak_mb": None, "peak_by_step_mb": {}})
+            self.figures["memory_sampling"] = {
+                "interval_s": sampler.interval, "samples": sampler.samples,
+                "mean_sample_ms": sampler.mean_sample_ms, "max_processes": sampler.max_processes,
+                "pss_available": sampler.has_pss}
         if self.server is not None and self.server.alive():
             code = self.server.stop()
             if code not in (0, None, -15):
@@ -366,17 +433,28 @@ class Bench:
         meta = f.get("metadata", {}).get("median_ms")
         stow = f.get("stow_ct", {}).get("mb_s")
         retr = f.get("retrieve", {}).get("median_mb_s")
-        rss = f.get("rss", {}).get("peak_mb")
-        total = n.tiny + f.get("data", {}).get("ct_instances", 0)
-        return [
-            report.at_most(f"QIDO p95, all kinds ({total:,} instances)", qido_p95, TARGET_QIDO_P95_MS, "ms"),
-            report.at_most(f"/metadata median ({n.big} instances)", meta, TARGET_METADATA_MS, "ms"),
-            report.ratio_at_least("STOW CT MB/s vs write+fsync limit", stow, lim.get("fsync_limit_mb_s"),
-                                  TARGET_STOW_SHARE, "MB/s"),
-            report.ratio_at_least("series retrieve MB/s vs loopback GET", retr, lim.get("loopback_get_mb_s"),
-                                  TARGET_RETRIEVE_SHARE, "MB/s"),
-            report.at_most("server peak RSS (with children)", rss, TARGET_RSS_MB, "MB"),
+        rss, pss = f.get("rss", {}).get("peak_mb"), f.get("pss", {}).get("peak_mb")
+        total = f.get("qido", {}).get("instances", n.tiny + f.get("data", {}).get("ct_instances", 0))
+        if pss is not None or rss is None:
+            memory = report.at_most("server peak PSS (with children)", pss, TARGET_MEMORY_MB, "MB",
+                                    note="" if rss is None else f"(RSS sum {rss:.1f} MB)")
+        else:  # no PSS on this platform: fall back to the RSS sum
+            memory = report.at_most("server peak RSS sum (with children; no PSS here)", rss,
+                                    TARGET_MEMORY_MB, "MB")
+        targets = [
+            ("qido", report.at_most(f"QIDO p95, all kinds ({total:,} instances)", qido_p95,
+                                    TARGET_QIDO_P95_MS, "ms")),
+            ("metadata", report.at_most(f"/metadata median ({n.big} instances)", meta, TARGET_METADATA_MS,
+                                        "ms")),
+            ("stow_ct", report.ratio_at_least("STOW CT MB/s vs write+fsync limit", stow,
+                                              lim.get("fsync_limit_mb_s"), TARGET_STOW_SHARE, "MB/s")),
+            ("retrieve", report.ratio_at_least("series retrieve MB/s vs loopback GET", retr,
+                                               lim.get("loopback_get_mb_s"), TARGET_RETRIEVE_SHARE, "MB/s")),
+            ("server", memory),
         ]
+        skipped = "skipped (--only)"
+        return [t if step == "server" or step in self.selected else dataclasses.replace(t, shown=skipped)
+                for step, t in targets]
 
     def summarize(self) -> None:
         targets = self.targets()
@@ -384,8 +462,14 @@ class Bench:
         report.section("summary" + note)
         report.print_targets(targets)
         rss = self.figures.get("rss", {}).get("peak_by_step_mb", {})
+        pss = self.figures.get("pss", {}).get("peak_by_step_mb", {})
         if rss:
-            print("  peak RSS by step: " + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()))
+            steps = ", ".join(f"{k} {pss[k]:.0f}/{v:.0f}" if k in pss else f"{k} -/{v:.0f}"
+                              for k, v in rss.items())
+            print(f"  peak PSS/RSS sum by step, MB: {steps}")
+            m = self.figures["memory_sampling"]
+            print(f"  memory sampled every {m['interval_s'] * 1000:.0f} ms: {m['samples']:,} samples, "
+                  f"{m['mean_sample_ms']:.2f} ms each on average, up to {m['max_processes']} process(es)")
         load = (self.load_at_start, os.getloadavg()[0])
         print(f"  load average (1 min): {load[0]:.2f} at start, {load[1]:.2f} at end, {os.cpu_count()} CPUs "
               "(other busy processes make every figure noisier and lower)")
@@ -457,7 +541,9 @@ def _check_retrieve(d: httpclient.Download, parts: int, min_bytes: int) -> str |
 
 
 def _run_info(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
-    return {"quick": args.quick, "sizes": asdict(sizes), "cpus": os.cpu_count(),
+    only, notes = resolve_only(args.only)
+    return {"quick": args.quick, "sizes": asdict(sizes), "only": only if args.only is not None else None,
+            "only_added": notes, "parse_processes": args.parse_processes, "cpus": os.cpu_count(),
             "python": sys.version.split()[0], "platform": platform.platform(), "workdir": str(args.workdir),
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from archive import keys
 from archive.dicom.jsonmodel import BASE_URL_TOKEN
 from archive.dicom.uids import is_valid_uid
 
@@ -65,7 +66,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
 
 def base_url(request: web.Request) -> str:
     """The DICOMweb root as the client sees it (``[http] base_url`` overrides)."""
-    configured = request.app["config"].http.base_url
+    configured = request.app[keys.CONFIG].http.base_url
     if configured:
         return configured.rstrip("/")
     return f"{request.scheme}://{request.host}/dicom-web"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from archive import keys
 from archive.dicomweb.media import base_url, json_response, parse_accept, uid_param, warning_header
 from archive.query.attributes import Level
 from archive.query.model import QueryError
@@ -25,9 +26,9 @@ async def _search(request: web.Request, level: Level, fixed: dict[str, str]) -> 
         query = parse_qido(level, request.query.items(), fixed)
     except QueryError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
-    maximum = request.app["config"].qido.max_results
+    maximum = request.app[keys.CONFIG].qido.max_results
     limit = min(query.limit, maximum) if query.limit is not None else maximum
-    engine = request.app["engine"]
+    engine = request.app[keys.ENGINE]
     async with engine.connect() as conn:
         rows = (await conn.execute(build_select(query, limit + 1))).all()
         more = len(rows) > limit

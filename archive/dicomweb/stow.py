@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from archive import keys
 from archive.dicomweb.media import base_url, json_response, parse_media_type, uid_param, warning_header
 from archive.dicomweb.multipart import MultipartError, MultipartReader
 from archive.ingest import CANNOT_UNDERSTAND, Ingest, IngestResult, Prepared
@@ -109,7 +110,7 @@ async def store_instances(request: web.Request) -> web.Response:
     """POST /studies and POST /studies/{study}."""
     study = uid_param(request, "study") if "study" in request.match_info else None
     boundary = _boundary(request)
-    ingest: Ingest = request.app["ingest"]
+    ingest: Ingest = request.app[keys.INGEST]
     try:
         results = await _receive(request, ingest, study, boundary)
     except MultipartError as exc:

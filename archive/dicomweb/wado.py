@@ -13,6 +13,7 @@ from typing import BinaryIO
 from aiohttp import web
 from pydicom import dcmread
 
+from archive import keys
 from archive.dicom.jsonmodel import BASE_URL_TOKEN
 from archive.dicomweb.media import base_url, parse_accept, uid_param
 from archive.dicomweb.multipart import PART_END, MultipartWriter, new_boundary
@@ -57,7 +58,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     """GET /studies/{study}[/series/{series}[/instances/{instance}]]"""
     study, series, sop = _scope(request)
     accepted_ts = _negotiate_dicom(request)
-    reader: IndexReader = request.app["reader"]
+    reader: IndexReader = request.app[keys.READER]
     found = await reader.instances(study, series, sop)
     if not found:
         raise web.HTTPNotFound(text="no such study, series or instance")
@@ -90,7 +91,7 @@ async def _stream_instances(request: web.Request, found: list[StoredInstance]) -
     """Instances as multipart/related parts. The total length is known from the index, so the
     response has a Content-Length (clients can show progress) and file bodies can go by sendfile.
     The next file is opened while the current one is sent."""
-    store: BlobStore = request.app["store"]
+    store: BlobStore = request.app[keys.STORE]
     boundary = new_boundary()
     heads = [MultipartWriter.part_head(boundary, {
         "Content-Type": f"application/dicom; transfer-syntax={inst.transfer_syntax_uid}",
@@ -134,7 +135,7 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     if not any(r.type in ("application/dicom+json", "application/json", "*/*", "application/*")
                for r in parse_accept(request.headers.get("Accept"))):
         raise web.HTTPNotAcceptable(text="metadata is served as application/dicom+json")
-    reader: IndexReader = request.app["reader"]
+    reader: IndexReader = request.app[keys.READER]
     base = base_url(request).encode("utf-8")
     token = BASE_URL_TOKEN.encode("ascii")
     response: web.StreamResponse | None = None
@@ -192,13 +193,13 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
     if not any(r.type in ("multipart/related", "application/octet-stream", "*/*", "multipart/*",
                           "application/*") for r in parse_accept(request.headers.get("Accept"))):
         raise web.HTTPNotAcceptable(text='bulk data is multipart/related; type="application/octet-stream"')
-    reader: IndexReader = request.app["reader"]
+    reader: IndexReader = request.app[keys.READER]
     assert series is not None and sop is not None
     found = await reader.bulk(study, series, sop, tag_path)
     if found is None:
         raise web.HTTPNotFound(text="no such bulk data")
     inst, (offset, length) = found
-    store = request.app["store"]
+    store = request.app[keys.STORE]
     boundary = new_boundary()
     response = web.StreamResponse(headers={
         "Content-Type": MultipartWriter.content_type(boundary, "application/octet-stream")})
