@@ -2,7 +2,7 @@
 
 ``ManagedProcess`` starts a command with its output in a log file, waits for its health URL to
 answer 200, and stops it (SIGTERM, then SIGKILL after a grace period) by its own pid only.
-``MemorySampler`` samples a process and all its children (recursive) every ~50 ms in a thread: the
+``MemorySampler`` samples a process and all its children (recursive) every ~100 ms in a thread: the
 sum of their RSS and the sum of their PSS, and keeps the peak of each overall and per named phase.
 RSS counts a page shared by several processes (e.g. forked workers) once per process; PSS splits it
 between them, so the PSS sum is the honest footprint of a multi-process server.
@@ -115,11 +115,12 @@ class MemorySampler(threading.Thread):
     """Samples RSS and PSS, summed over a process and its children, every ``interval`` s until ``stop()``.
 
     PSS comes from ``memory_full_info()`` (``/proc/PID/smaps_rollup`` on Linux), which costs far more
-    than ``memory_info()``; the time spent sampling is kept so the cost can be reported. Where PSS is
+    than ``memory_info()``; the time spent sampling is kept (wall, and this thread's CPU: the wall time
+    also holds waits for the GIL and for busy CPUs) so the cost can be reported. Where PSS is
     not available (not Linux) ``has_pss`` is False and the PSS figures stay 0.
     """
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
         super().__init__(name="memory-sampler", daemon=True)
         self.proc = psutil.Process(pid)
         self.interval = interval
@@ -129,6 +130,7 @@ class MemorySampler(threading.Thread):
         self.samples = 0
         self.max_processes = 0
         self.sample_seconds = 0.0
+        self.sample_cpu_seconds = 0.0
         self.has_pss = True
         self._stop_event = threading.Event()
 
@@ -136,9 +138,13 @@ class MemorySampler(threading.Thread):
         self.phase = phase
 
     def run(self) -> None:
-        self.sample()
-        while not self._stop_event.wait(self.interval):
+        """One sample per ``interval`` on a fixed schedule (a slow sample does not stretch the period)."""
+        next_at = time.monotonic()
+        while True:
             self.sample()
+            next_at = max(next_at + self.interval, time.monotonic())
+            if self._stop_event.wait(next_at - time.monotonic()):
+                return
 
     def _measure(self, proc: psutil.Process) -> tuple[int, int]:
         if self.has_pss:
@@ -150,7 +156,7 @@ class MemorySampler(threading.Thread):
         return proc.memory_info().rss, 0
 
     def sample(self) -> None:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             rss, pss = self._measure(self.proc)
             children = self.proc.children(recursive=True)
@@ -163,6 +169,7 @@ class MemorySampler(threading.Thread):
                 continue
             rss, pss = rss + child_rss, pss + child_pss
         self.sample_seconds += time.perf_counter() - started
+        self.sample_cpu_seconds += time.thread_time() - cpu_started
         self.samples += 1
         self.max_processes = max(self.max_processes, 1 + len(children))
         self.peak.update(rss, pss)
@@ -171,6 +178,10 @@ class MemorySampler(threading.Thread):
     @property
     def mean_sample_ms(self) -> float:
         return self.sample_seconds / self.samples * 1000 if self.samples else 0.0
+
+    @property
+    def mean_sample_cpu_ms(self) -> float:
+        return self.sample_cpu_seconds / self.samples * 1000 if self.samples else 0.0
 
     def stop(self) -> None:
         self._stop_event.set()

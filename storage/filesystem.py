@@ -123,7 +123,7 @@ class _FileWriter:
 class FilesystemStore:
     """Blobs as files below ``root``."""
 
-    def __init__(self, root: str | os.PathLike[str], io_threads: int = 16) -> None:
+    def __init__(self, root: str | os.PathLike[str], io_threads: int = 8) -> None:
         self.root = Path(root)
         self.data_dir = self.root / "data"
         self.tmp_dir = self.root / "tmp"
