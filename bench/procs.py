@@ -132,6 +132,7 @@ class MemorySampler(threading.Thread):
         self.sample_seconds = 0.0
         self.sample_cpu_seconds = 0.0
         self.has_pss = True
+        self._lock = threading.Lock()  # sample() is also called from the driver at each step's end
         self._stop_event = threading.Event()
 
     def set_phase(self, phase: str) -> None:
@@ -156,6 +157,10 @@ class MemorySampler(threading.Thread):
         return proc.memory_info().rss, 0
 
     def sample(self) -> None:
+        with self._lock:
+            self._sample()
+
+    def _sample(self) -> None:
         started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             rss, pss = self._measure(self.proc)

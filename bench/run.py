@@ -377,6 +377,8 @@ class Bench:
             failed = True
             self.problems.append(f"step {name} failed: {type(exc).__name__}: {exc}")
         self.figures.setdefault("step_seconds", {})[name] = time.perf_counter() - started
+        if self.sampler is not None:  # a step shorter than the interval still gets one sample
+            self.sampler.sample()
         if self.server is not None and not self.server.alive():
             tail = "" if failed and name == "server" else f"; log tail:\n{self.server.log_tail()}"
             code = self.server.exit_code()
