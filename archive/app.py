@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -19,6 +20,8 @@ from archive.index.db import create_engine, init_schema
 from archive.index.reader import IndexReader
 from archive.index.writer import IndexWriter
 from archive.ingest import Ingest
+from archive.retrieve import Retriever
+from dimse.server import DimseServer
 from storage.filesystem import FilesystemStore
 
 log = logging.getLogger("archive.http")
@@ -133,10 +136,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     ingest = Ingest(store, writer, cfg.ingest.bulk_data_threshold, _parse_pool_factory(cfg))
     app[keys.INGEST] = ingest
     removed = await ingest.start()
+    dimse: DimseServer | None = None
+    if cfg.dimse.enabled:
+        dimse = DimseServer(cfg.dimse, ingest, engine, Retriever(engine, store))
+        dimse.start(asyncio.get_running_loop())
     if removed:
         log.warning("start-up: removed %d unindexed blob(s) of interrupted batches", removed)
     log.info("ready: storage=%s database=%s", cfg.storage_path, engine.url.render_as_string())
     yield
+    if dimse is not None:
+        await asyncio.get_running_loop().run_in_executor(None, dimse.stop)
     await engine.dispose()
     store.close()
     ingest.close()

@@ -31,11 +31,36 @@ class HttpConfig:
 
 
 @dataclass
+class PeerConfig:
+    """A DICOM node the archive sends to (C-MOVE destination), ``[dimse.peers.NAME]``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass
+class AllowConfig:
+    """Calling AE titles allowed per service, ``[dimse.allow]``: "AE" or "AE@host".
+    An empty list accepts every caller (with a warning at start-up)."""
+
+    store: list[str] = field(default_factory=list)
+    query: list[str] = field(default_factory=list)
+    retrieve: list[str] = field(default_factory=list)
+
+
+@dataclass
 class DimseConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 11112
     ae_title: str = "IMAGING-ARCHIVE"
+    max_associations: int = 10
+    acse_timeout: int = 30  # seconds to wait for association messages
+    dimse_timeout: int = 60  # seconds to wait for DIMSE messages
+    network_timeout: int = 60  # seconds an idle association stays open
+    allow: AllowConfig = field(default_factory=AllowConfig)
+    peers: dict[str, PeerConfig] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,6 +163,41 @@ def _section(name: str, cls: type, values: Any) -> Any:
     return cls(**kwargs)
 
 
+_AE_TITLE_MAX = 16
+
+
+def check_ae_title(value: str, what: str) -> str:
+    """PS3.5 AE: 1-16 characters, no backslash or control characters, not all spaces."""
+    if not 0 < len(value) <= _AE_TITLE_MAX or not value.strip() or "\\" in value or any(
+            ord(c) < 32 or ord(c) > 126 for c in value):
+        raise ConfigError(f"{what} must be an AE title of 1-16 printable characters")
+    return value
+
+
+def _dimse_section(values: Any) -> DimseConfig:
+    if not isinstance(values, dict):
+        raise ConfigError("[dimse] must be a table")
+    values = dict(values)
+    allow = _section("dimse.allow", AllowConfig, values.pop("allow", {}))
+    peers_raw = values.pop("peers", {})
+    if not isinstance(peers_raw, dict):
+        raise ConfigError("[dimse.peers] must hold tables [dimse.peers.NAME]")
+    peers: dict[str, PeerConfig] = {}
+    for name, peer in peers_raw.items():
+        if not isinstance(peer, dict) or set(peer) != {"ae_title", "host", "port"}:
+            raise ConfigError(f"[dimse.peers.{name}] needs exactly ae_title, host and port")
+        if not isinstance(peer["port"], int) or not 0 < peer["port"] < 65536:
+            raise ConfigError(f"[dimse.peers.{name}] port must be between 1 and 65535")
+        if not isinstance(peer["host"], str) or not isinstance(peer["ae_title"], str):
+            raise ConfigError(f"[dimse.peers.{name}] ae_title and host must be strings")
+        peers[name] = PeerConfig(check_ae_title(peer["ae_title"], f"[dimse.peers.{name}] ae_title"),
+                                 peer["host"], peer["port"])
+    cfg = _section("dimse", DimseConfig, values)
+    cfg.allow = allow
+    cfg.peers = peers
+    return cfg
+
+
 def _validate(cfg: Config) -> None:
     if cfg.ingest.duplicate_policy not in DUPLICATE_POLICIES:
         raise ConfigError(f"[ingest] duplicate_policy must be one of {', '.join(DUPLICATE_POLICIES)}")
@@ -145,6 +205,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[storage] backend must be \"filesystem\"")
     if not 0 < cfg.http.port < 65536 or not 0 < cfg.dimse.port < 65536:
         raise ConfigError("ports must be between 1 and 65535")
+    check_ae_title(cfg.dimse.ae_title, "[dimse] ae_title")
+    for what in ("max_associations", "acse_timeout", "dimse_timeout", "network_timeout"):
+        if getattr(cfg.dimse, what) < 1:
+            raise ConfigError(f"[dimse] {what} must be at least 1")
+    for service in ("store", "query", "retrieve"):
+        for entry in getattr(cfg.dimse.allow, service):
+            check_ae_title(entry.split("@", 1)[0], f"[dimse.allow] {service} entry {entry!r}")
     if cfg.qido.max_results < 1:
         raise ConfigError("[qido] max_results must be at least 1")
     if cfg.ingest.parse_processes < -1:
@@ -163,7 +230,10 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     for name, values in data.items():
         if name not in _SECTIONS:
             raise ConfigError(f"unknown section [{name}]")
-        setattr(cfg, name, _section(name, _SECTIONS[name], values))
+        if name == "dimse":
+            cfg.dimse = _dimse_section(values)
+        else:
+            setattr(cfg, name, _section(name, _SECTIONS[name], values))
     _validate(cfg)
     return cfg
 

@@ -59,6 +59,24 @@ class IngestResult:
         return self.status == 0
 
 
+@dataclass(frozen=True)
+class Expected:
+    """What the sender said the instance is; a data set that differs is refused (0xA900)."""
+
+    study_uid: str | None = None  # STOW-RS to /studies/{study}
+    sop_class_uid: str | None = None  # C-STORE Affected SOP Class UID
+    sop_uid: str | None = None  # C-STORE Affected SOP Instance UID
+
+    def mismatch(self, parsed: ParsedInstance) -> str | None:
+        if self.study_uid is not None and parsed.study_uid != self.study_uid:
+            return "StudyInstanceUID differs from the study in the request URL"
+        if self.sop_class_uid is not None and parsed.sop_class_uid != self.sop_class_uid:
+            return "SOPClassUID differs from the Affected SOP Class UID of the request"
+        if self.sop_uid is not None and parsed.sop_instance_uid != self.sop_uid:
+            return "SOPInstanceUID differs from the Affected SOP Instance UID of the request"
+        return None
+
+
 @dataclass
 class Staged:
     """The bytes of one instance, received into a staged blob (not yet parsed)."""
@@ -131,7 +149,7 @@ def storage_key(parsed: ParsedInstance) -> str:
 class Ingest:
     """The pipeline: :meth:`receive` (stream to a staged blob), :meth:`finish` (parse and
     validate, in an executor), :meth:`commit` (make a batch durable, then index it).
-    :meth:`store` does all three for one instance."""
+    :meth:`store_instance` does all three for one instance."""
 
     def __init__(self, store: BlobStore, writer: IndexWriter, bulk_data_threshold: int = 1024,
                  pool_factory: Callable[[], Executor] | None = None) -> None:
@@ -196,7 +214,7 @@ class Ingest:
             if not ok:
                 await blob.abort()
 
-    async def finish(self, staged: Staged, expected_study: str | None = None) -> Prepared | IngestResult:
+    async def finish(self, staged: Staged, expected: Expected | None = None) -> Prepared | IngestResult:
         """Parse and validate a received instance; a failure discards its staged blob."""
         blob = staged.blob
         try:
@@ -209,10 +227,10 @@ class Ingest:
             raise
         result = IngestResult(0, "", parsed.sop_class_uid, parsed.sop_instance_uid,
                               parsed.study_uid, parsed.series_uid)
-        if expected_study is not None and parsed.study_uid != expected_study:
+        problem = expected.mismatch(parsed) if expected is not None else None
+        if problem is not None:
             await blob.abort()
-            return _failed(result, DOES_NOT_MATCH,
-                           "StudyInstanceUID differs from the study in the request URL")
+            return _failed(result, DOES_NOT_MATCH, problem)
         record = InstanceRecord(
             study_uid=parsed.study_uid, series_uid=parsed.series_uid,
             sop_uid=parsed.sop_instance_uid, sop_class_uid=parsed.sop_class_uid,
@@ -223,11 +241,11 @@ class Ingest:
         return Prepared(blob, record, result)
 
     async def prepare(self, chunks: AsyncIterable[bytes],
-                      expected_study: str | None = None) -> Prepared | IngestResult:
+                      expected: Expected | None = None) -> Prepared | IngestResult:
         staged = await self.receive(chunks)
         if isinstance(staged, IngestResult):
             return staged
-        return await self.finish(staged, expected_study)
+        return await self.finish(staged, expected)
 
     async def discard(self, prepared: list[Prepared]) -> None:
         """Give up prepared instances (e.g. the client went away before the batch committed)."""
@@ -315,10 +333,10 @@ class Ingest:
             log.info("%s sop=%s study=%s series=%s bytes=%d", added.outcome.value, res.sop_uid,
                      res.study_uid, res.series_uid, p.record.size)
 
-    async def store(self, chunks: AsyncIterable[bytes],
-                    expected_study: str | None = None) -> IngestResult:
+    async def store_instance(self, chunks: AsyncIterable[bytes],
+                    expected: Expected | None = None) -> IngestResult:
         """Ingest one instance completely (receive, finish, commit)."""
-        prepared = await self.prepare(chunks, expected_study)
+        prepared = await self.prepare(chunks, expected)
         if isinstance(prepared, IngestResult):
             return prepared
         return (await self.commit([prepared]))[0]

@@ -27,6 +27,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def make_config(root: Path, **sections: dict) -> Config:
     data: dict = {"storage": {"path": str(root / "files")},
                   "database": {"url": f"sqlite+aiosqlite:///{root / 'index.db'}"},
+                  "dimse": {"enabled": False},  # DIMSE tests turn it on, on a free port
                   "log": {"level": "warning"}}
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
@@ -63,12 +64,14 @@ def free_port() -> int:
 class LiveServer:
     """``imaging-archive serve`` as a subprocess, as a user runs it."""
 
-    def __init__(self, root: Path, extra_toml: str = "") -> None:
+    def __init__(self, root: Path, extra_toml: str = "", dimse: bool = False) -> None:
         self.root = root
         self.port = free_port()
+        self.dimse_port = free_port()
         self.config = root / "config.toml"
         self.config.write_text(
             f'[http]\nhost = "127.0.0.1"\nport = {self.port}\n'
+            f'[dimse]\nenabled = {str(dimse).lower()}\nport = {self.dimse_port}\n'
             f'[storage]\npath = "files"\n[database]\nurl = "sqlite+aiosqlite:///index.db"\n'
             f'[log]\nlevel = "info"\n{extra_toml}', encoding="utf-8")
         self.log = open(root / "server.log", "wb")

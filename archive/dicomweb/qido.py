@@ -9,8 +9,7 @@ from archive.dicomweb.media import base_url, json_response, parse_accept, uid_pa
 from archive.query.attributes import Level
 from archive.query.model import QueryError
 from archive.query.params import parse_qido
-from archive.query.results import extra_attributes, to_json
-from archive.query.sql import build_select
+from archive.query.run import search
 
 _JSON_TYPES = ("application/dicom+json", "application/json", "*/*", "application/*")
 
@@ -28,19 +27,14 @@ async def _search(request: web.Request, level: Level, fixed: dict[str, str]) -> 
         raise web.HTTPBadRequest(text=str(exc)) from None
     maximum = request.app[keys.CONFIG].qido.max_results
     limit = min(query.limit, maximum) if query.limit is not None else maximum
-    engine = request.app[keys.ENGINE]
-    async with engine.connect() as conn:
-        rows = (await conn.execute(build_select(query, limit + 1))).all()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        extra = await extra_attributes(conn, query, rows)
+    found = await search(request.app[keys.ENGINE], query, limit, base_url(request))
     headers: dict[str, str] = {}
-    if more and (query.limit is None or query.limit > maximum):
+    if found.more and (query.limit is None or query.limit > maximum):
         # PS3.18 §10.6.3.3.1: the result was cut at the server's maximum.
         headers["Warning"] = warning_header(
             request, "The number of results exceeded the maximum supported by the server. "
                      "Additional results can be requested.")
-    return json_response(to_json(rows, query, base_url(request), extra), request, 200, headers)
+    return json_response(found.docs, request, 200, headers)
 
 
 async def search_studies(request: web.Request) -> web.Response:

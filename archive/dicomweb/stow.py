@@ -16,7 +16,7 @@ from aiohttp import web
 from archive import keys
 from archive.dicomweb.media import base_url, json_response, parse_media_type, uid_param, warning_header
 from archive.dicomweb.multipart import MultipartError, MultipartReader
-from archive.ingest import CANNOT_UNDERSTAND, Ingest, IngestResult, Prepared
+from archive.ingest import CANNOT_UNDERSTAND, Expected, Ingest, IngestResult, Prepared
 
 log = logging.getLogger("archive.stow")
 
@@ -65,6 +65,7 @@ async def _receive(request: web.Request, ingest: Ingest, study: str | None,
     while the next arrives, and a batch is made durable and indexed together.
     """
     reader = MultipartReader(request.content, boundary, _CHUNK)
+    expected = Expected(study_uid=study) if study else None
     results: list[IngestResult | None] = []
     pending: list[tuple[int, asyncio.Task[Prepared | IngestResult]]] = []
 
@@ -91,7 +92,7 @@ async def _receive(request: web.Request, ingest: Ingest, study: str | None,
             if isinstance(staged, IngestResult):
                 results[-1] = staged
                 continue
-            pending.append((len(results) - 1, asyncio.create_task(ingest.finish(staged, study))))
+            pending.append((len(results) - 1, asyncio.create_task(ingest.finish(staged, expected))))
             if len(pending) >= _BATCH:
                 await flush()
         await flush()

@@ -1,0 +1,221 @@
+"""DIMSE event handlers: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET on top of the archive.
+
+pynetdicom calls these in its association threads. Each one hands its work to the archive's
+asyncio loop (:meth:`Bridge.call`) and waits for the answer there, so the loop never blocks on the
+network and the archive code stays single-threaded. Storage and SQL belong to the archive:
+C-STORE calls the ingest pipeline, C-FIND the shared search, C-MOVE/C-GET the retriever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiofiles
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from archive.config import DimseConfig
+from archive.ingest import Expected, Ingest
+from archive.query.cfind import PATIENT_ROOT, STUDY_ROOT, FindRequest, parse_identifier, to_identifier
+from archive.query.model import QueryError
+from archive.query.run import search
+from archive.retrieve import Retriever
+from dimse.policy import AccessPolicy, Caller
+
+log = logging.getLogger("dimse")
+T = TypeVar("T")
+
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+NOT_AUTHORIZED = 0x0124  # PS3.7 C.4: Refused: Not Authorized
+IDENTIFIER_MISMATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+OUT_OF_RESOURCES = 0xA700
+_PATIENT_ROOT = {PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelGet,
+                 PatientRootQueryRetrieveInformationModelMove}
+_FIND_PAGE = 200
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]  # LO
+    return ds
+
+
+def _caller(event: Event) -> Caller:
+    requestor = event.assoc.requestor
+    return Caller(str(requestor.ae_title).strip(), str(requestor.address))
+
+
+def _model(event: Event) -> str:
+    return PATIENT_ROOT if event.request.AffectedSOPClassUID in _PATIENT_ROOT else STUDY_ROOT
+
+
+async def _file_chunks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    async with aiofiles.open(path, "rb") as f:
+        while chunk := await f.read(size):
+            yield chunk
+
+
+def _store_contexts(instances: list[Any]) -> list[Any]:
+    """Presentation contexts for C-MOVE sub-operations: each SOP class sent, offered in its
+    stored transfer syntaxes plus the two uncompressed ones (at most 128, PS3.8 9.3.2.2)."""
+    by_class: dict[str, list[str]] = {}
+    for inst in instances:
+        syntaxes = by_class.setdefault(inst.sop_class_uid, [])
+        if inst.transfer_syntax_uid not in syntaxes:
+            syntaxes.append(inst.transfer_syntax_uid)
+    contexts = []
+    for sop_class, syntaxes in list(by_class.items())[:128]:
+        for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if ts not in syntaxes:
+                syntaxes.append(ts)
+        contexts.append(build_context(sop_class, syntaxes))
+    return contexts or [build_context(Verification)]
+
+
+class Bridge:
+    """Runs archive coroutines on its event loop from pynetdicom's threads."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.timeout)
+
+
+class ArchiveHandlers:
+    def __init__(self, cfg: DimseConfig, bridge: Bridge, ingest: Ingest, engine: AsyncEngine,
+                 retriever: Retriever, policy: AccessPolicy) -> None:
+        self.cfg = cfg
+        self.bridge = bridge
+        self.ingest = ingest
+        self.engine = engine
+        self.retriever = retriever
+        self.policy = policy
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [(evt.EVT_C_ECHO, self.on_echo), (evt.EVT_C_STORE, self.on_store),
+                (evt.EVT_C_FIND, self.on_find), (evt.EVT_C_MOVE, self.on_move),
+                (evt.EVT_C_GET, self.on_get)]
+
+    # -- C-ECHO ---------------------------------------------------------------------------
+    def on_echo(self, event: Event) -> int:
+        return SUCCESS
+
+    # -- C-STORE (PS3.4 B.2.3) --------------------------------------------------------------
+    def on_store(self, event: Event) -> Dataset:
+        caller = _caller(event)
+        if not self.policy.allows("store", caller):
+            log.warning("c-store refused: calling AE %s@%s not allowed", caller.ae_title, caller.host)
+            return _status(NOT_AUTHORIZED, "calling AE title not allowed to store")
+        req = event.request
+        expected = Expected(sop_class_uid=str(req.AffectedSOPClassUID),
+                            sop_uid=str(req.AffectedSOPInstanceUID))
+        # pynetdicom wrote the data set as received, behind a File Meta of the negotiated
+        # transfer syntax (STORE_RECV_CHUNKED_DATASET): the same file STOW-RS would send.
+        chunks = _file_chunks(event.dataset_path)
+        result = self.bridge.call(self.ingest.store_instance(chunks, expected))
+        if result.ok:
+            return _status(SUCCESS)
+        log.warning("c-store failed sop=%s from %s: 0x%04X %s", result.sop_uid, caller.ae_title,
+                    result.status, result.message)
+        return _status(result.status, result.message)
+
+    # -- C-FIND (PS3.4 C.4.1) ---------------------------------------------------------------
+    def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        caller = _caller(event)
+        if not self.policy.allows("query", caller):
+            yield _status(NOT_AUTHORIZED, "calling AE title not allowed to query"), None
+            return
+        try:
+            req = parse_identifier(event.identifier, _model(event))
+        except QueryError as exc:
+            yield _status(IDENTIFIER_MISMATCH, str(exc)), None
+            return
+        offset = 0
+        while True:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            query = dataclasses.replace(req.query, offset=offset)
+            found = self.bridge.call(search(self.engine, query, _FIND_PAGE, ""))
+            for doc in found.docs:
+                if event.is_cancelled:
+                    yield CANCEL, None
+                    return
+                yield PENDING, to_identifier(doc, req, self.cfg.ae_title)
+            if not found.more:
+                return
+            offset += _FIND_PAGE
+
+    # -- C-MOVE / C-GET (PS3.4 C.4.2, C.4.3) ------------------------------------------------
+    def _retrieve_request(self, event: Event) -> FindRequest:
+        return parse_identifier(event.identifier, _model(event))
+
+    def on_move(self, event: Event) -> Iterator[Any]:
+        caller = _caller(event)
+        if not self.policy.allows("retrieve", caller):
+            log.warning("c-move refused: calling AE %s@%s not allowed", caller.ae_title, caller.host)
+            raise PermissionError("calling AE title not allowed to retrieve")
+        destination = str(event.move_destination).strip()
+        peer = next((p for p in self.cfg.peers.values() if p.ae_title == destination), None)
+        if peer is None:
+            log.warning("c-move to unknown destination %r from %s", destination, caller.ae_title)
+            yield None, None  # pynetdicom answers 0xA801: Move Destination unknown
+            return
+        try:
+            req = self._retrieve_request(event)
+        except QueryError as exc:
+            raise ValueError(str(exc)) from exc
+        instances = self.bridge.call(self.retriever.instances(req.query))
+        yield peer.host, peer.port, {"contexts": _store_contexts(instances)}
+        yield len(instances)
+        yield from self._datasets(event, instances)
+
+    def on_get(self, event: Event) -> Iterator[Any]:
+        caller = _caller(event)
+        if not self.policy.allows("retrieve", caller):
+            yield 0
+            yield _status(NOT_AUTHORIZED, "calling AE title not allowed to retrieve"), None
+            return
+        try:
+            req = self._retrieve_request(event)
+        except QueryError as exc:
+            yield 0
+            yield _status(IDENTIFIER_MISMATCH, str(exc)), None
+            return
+        instances = self.bridge.call(self.retriever.instances(req.query))
+        yield len(instances)
+        yield from self._datasets(event, instances)
+
+    def _datasets(self, event: Event, instances: list[Any]) -> Iterator[tuple[int, Dataset | None]]:
+        for inst in instances:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            try:
+                ds = self.retriever.read(inst)
+            except Exception:  # a missing or unreadable file counts as a failed sub-operation
+                log.exception("cannot read stored instance sop=%s", inst.sop_uid)
+                yield PENDING, None
+                continue
+            yield PENDING, ds
