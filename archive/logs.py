@@ -30,3 +30,6 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log duplicates ours at debug level; keep it for warnings only.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # pynetdicom logs every PDU and identifier at INFO; our dimse logger says what happened.
+    if root.level > logging.DEBUG:
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)

@@ -115,7 +115,14 @@ class ArchiveHandlers:
     def handlers(self) -> list[tuple[Any, Any]]:
         return [(evt.EVT_C_ECHO, self.on_echo), (evt.EVT_C_STORE, self.on_store),
                 (evt.EVT_C_FIND, self.on_find), (evt.EVT_C_MOVE, self.on_move),
-                (evt.EVT_C_GET, self.on_get)]
+                (evt.EVT_C_GET, self.on_get), (evt.EVT_ACCEPTED, self._on_association),
+                (evt.EVT_REJECTED, self._on_association), (evt.EVT_RELEASED, self._on_association),
+                (evt.EVT_ABORTED, self._on_association)]
+
+    def _on_association(self, event: Event) -> None:
+        caller = _caller(event)
+        log.info("association %s calling=%s host=%s", event.event.name.removeprefix("EVT_").lower(),
+                 caller.ae_title, caller.host)
 
     # -- C-ECHO ---------------------------------------------------------------------------
     def on_echo(self, event: Event) -> int:
@@ -164,6 +171,8 @@ class ArchiveHandlers:
                     return
                 yield PENDING, to_identifier(doc, req, self.cfg.ae_title)
             if not found.more:
+                log.info("c-find level=%s matches=%d calling=%s", req.level_name,
+                         offset + len(found.docs), caller.ae_title)
                 return
             offset += _FIND_PAGE
 
@@ -187,6 +196,8 @@ class ArchiveHandlers:
         except QueryError as exc:
             raise ValueError(str(exc)) from exc
         instances = self.bridge.call(self.retriever.instances(req.query))
+        log.info("c-move level=%s instances=%d to=%s calling=%s", req.level_name, len(instances),
+                 destination, caller.ae_title)
         yield peer.host, peer.port, {"contexts": _store_contexts(instances)}
         yield len(instances)
         yield from self._datasets(event, instances)
@@ -204,6 +215,8 @@ class ArchiveHandlers:
             yield _status(IDENTIFIER_MISMATCH, str(exc)), None
             return
         instances = self.bridge.call(self.retriever.instances(req.query))
+        log.info("c-get level=%s instances=%d calling=%s", req.level_name, len(instances),
+                 caller.ae_title)
         yield len(instances)
         yield from self._datasets(event, instances)
 
