@@ -203,16 +203,20 @@ def _set_ct_study(ds: Dataset, study: StudyRecord, number: int) -> None:
     ds.FrameOfReferenceUID = make_uid("ct-for", study.uid)
 
 
-def _plan_ct(studies: int, series: int, slices: int, big: int) -> list[StudyRecord]:
+def _plan_ct(studies: int, series: int, slices: int, big: int, tag: str = "") -> list[StudyRecord]:
+    """The CT catalog; ``tag`` (e.g. "cstore1") gives a set with its own UIDs and patients, so it is
+    not a duplicate of the untagged STOW-RS set. No tag: the UIDs the STOW-RS set always had."""
+    uid = (lambda *parts: make_uid(tag, *parts)) if tag else make_uid
+    pid, name = (f"CTB-{tag.upper()}-", f"CTBENCH^{tag.upper()}-") if tag else ("CTB", "CTBENCH^")
     plan: list[StudyRecord] = []
     for i in range(studies):
-        rec = StudyRecord(make_uid("ct-study", i), f"CTB{i:05d}", f"CTBENCH^PATIENT{i}",
+        rec = StudyRecord(uid("ct-study", i), f"{pid}{i:05d}", f"{name}PATIENT{i}",
                           f"1999{i % 12 + 1:02d}15", "CT CHEST ABDOMEN PELVIS W CONTRAST")
-        rec.series = [SeriesRecord(make_uid("ct-series", i, j), "CT", slices) for j in range(series)]
+        rec.series = [SeriesRecord(uid("ct-series", i, j), "CT", slices) for j in range(series)]
         plan.append(rec)
-    big_rec = StudyRecord(make_uid("ct-big-study", big), "CTBIG00001", "CTBENCH^BIGSERIES",
-                          "19981120", "CT CHEST HIGH RESOLUTION")
-    big_rec.series = [SeriesRecord(make_uid("ct-big-series", big), "CT", big)]
+    big_rec = StudyRecord(uid("ct-big-study", big), f"{pid}BIG00001" if tag else "CTBIG00001",
+                          f"{name}BIGSERIES", "19981120", "CT CHEST HIGH RESOLUTION")
+    big_rec.series = [SeriesRecord(uid("ct-big-series", big), "CT", big)]
     plan.append(big_rec)
     return plan
 
@@ -237,11 +241,13 @@ def _write_ct_files(folder: Path, plan: list[StudyRecord]) -> list[Path]:
     return files
 
 
-def ct_set(cache: Path, studies: int, series: int, slices: int, big: int) -> CtSet:
-    """The CT set, generated into ``cache`` unless a complete copy is already there."""
-    folder = cache / f"ct-{CACHE_VERSION}-{studies}x{series}x{slices}-big{big}"
+def ct_set(cache: Path, studies: int, series: int, slices: int, big: int, tag: str = "") -> CtSet:
+    """The CT set, generated into ``cache`` unless a complete copy is already there. ``tag`` names a
+    set with UIDs of its own (see ``_plan_ct``); ``studies`` may be 0 (only the long series)."""
+    label = f"-{tag}" if tag else ""
+    folder = cache / f"ct-{CACHE_VERSION}{label}-{studies}x{series}x{slices}-big{big}"
     manifest = folder / "manifest.json"
-    plan = _plan_ct(studies, series, slices, big)
+    plan = _plan_ct(studies, series, slices, big, tag)
     if not manifest.exists():
         folder.mkdir(parents=True, exist_ok=True)
         print(f"  generating CT set into {folder} ...", flush=True)

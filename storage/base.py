@@ -82,6 +82,10 @@ class BlobStore(Protocol):
         """An open local file of the blob (for sendfile), or None if the backend has none."""
         ...
 
+    async def read_many(self, keys: list[str]) -> list[bytes]:
+        """Whole blobs, for small ones read together (the caller bounds the total size)."""
+        ...
+
     def open_sync(self, key: str) -> BinaryIO:
         """A seekable binary file object, for use in executor threads only."""
         ...

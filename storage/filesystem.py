@@ -229,6 +229,16 @@ class FilesystemStore:
     async def open_local(self, key: str) -> BinaryIO | None:
         return await self._run(open, self.path(key), "rb")
 
+    def _read_many(self, keys: list[str]) -> list[bytes]:
+        out = []
+        for key in keys:
+            with open(self.path(key), "rb") as f:
+                out.append(f.read())
+        return out
+
+    async def read_many(self, keys: list[str]) -> list[bytes]:
+        return await self._run(self._read_many, keys)
+
     def open_sync(self, key: str) -> BinaryIO:
         return open(self.path(key), "rb")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from aiohttp import web
 from pydicom import dcmread
@@ -87,10 +87,39 @@ async def _send_blob(request: web.Request, response: web.StreamResponse, store: 
         raise OSError(f"stored file of {inst.sop_uid} is shorter than indexed")
 
 
+# Instances smaller than this go in batches read by one executor call and written at once
+# (up to _BATCH_BYTES): per-file sendfile calls cost more than the copy for typical slices.
+_SMALL = 2 << 20
+_BATCH_BYTES = 8 << 20
+
+
+def _batches(found: list[StoredInstance]) -> list[list[int]]:
+    """Indexes of ``found`` grouped for sending: runs of small instances, large ones alone."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    size = 0
+    for i, inst in enumerate(found):
+        if inst.size >= _SMALL:
+            if current:
+                groups.append(current)
+                current, size = [], 0
+            groups.append([i])
+            continue
+        if current and size + inst.size > _BATCH_BYTES:
+            groups.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += inst.size
+    if current:
+        groups.append(current)
+    return groups
+
+
 async def _stream_instances(request: web.Request, found: list[StoredInstance]) -> web.StreamResponse:
     """Instances as multipart/related parts. The total length is known from the index, so the
-    response has a Content-Length (clients can show progress) and file bodies can go by sendfile.
-    The next file is opened while the current one is sent."""
+    response has a Content-Length (clients can show progress). Large files go by sendfile;
+    small ones in batches of a few MB, the next batch read while the current one is sent, so
+    memory stays bounded (two batches) whatever the series size."""
     store: BlobStore = request.app[keys.STORE]
     boundary = new_boundary()
     heads = [MultipartWriter.part_head(boundary, {
@@ -102,29 +131,47 @@ async def _stream_instances(request: web.Request, found: list[StoredInstance]) -
     response.content_length = (sum(len(h) + i.size + len(PART_END)
                                    for h, i in zip(heads, found, strict=True)) + len(closing))
     await response.prepare(request)
-    opening = asyncio.ensure_future(store.open_local(found[0].storage_key))
+    groups = _batches(found)
+
+    def load(group: list[int]) -> asyncio.Future[Any]:
+        if len(group) == 1 and found[group[0]].size >= _SMALL:
+            return asyncio.ensure_future(store.open_local(found[group[0]].storage_key))
+        return asyncio.ensure_future(store.read_many([found[i].storage_key for i in group]))
+
+    pending = load(groups[0])
     try:
-        for n, (inst, head) in enumerate(zip(found, heads, strict=True)):
-            fobj = await opening
-            if n + 1 < len(found):
-                opening = asyncio.ensure_future(store.open_local(found[n + 1].storage_key))
+        for g, group in enumerate(groups):
+            loaded = await pending
+            if g + 1 < len(groups):
+                pending = load(groups[g + 1])
+            if isinstance(loaded, list):
+                pieces: list[bytes] = []
+                for i, body in zip(group, loaded, strict=True):
+                    if len(body) != found[i].size:
+                        raise OSError(f"stored file of {found[i].sop_uid} differs from its index size")
+                    pieces += (heads[i], body, PART_END)
+                await response.write(b"".join(pieces))
+                continue
+            i = group[0]
             try:
-                await response.write(head)
-                await _send_blob(request, response, store, inst, fobj)
+                await response.write(heads[i])
+                await _send_blob(request, response, store, found[i], loaded)
             finally:
-                if fobj is not None:
-                    fobj.close()  # a read-only regular file: close(2) does not wait on the disk
+                if loaded is not None:
+                    loaded.close()  # a read-only regular file: close(2) does not wait on the disk
             await response.write(PART_END)
         await response.write(closing)
     except OSError as exc:
         # A file the index names is gone or short: break the response rather than lie.
         log.error("retrieve of study %s aborted: %s", found[0].study_uid, exc)
         raise
-    finally:  # a prefetched file left open by an early exit (close() twice is harmless)
-        if not opening.done():
-            opening.cancel()
-        elif not opening.cancelled() and opening.exception() is None and opening.result():
-            opening.result().close()
+    finally:  # a prefetch left by an early exit
+        if not pending.done():
+            pending.cancel()
+        elif not pending.cancelled() and pending.exception() is None:
+            result = pending.result()
+            if result is not None and not isinstance(result, list):
+                result.close()
     await response.write_eof()
     return response
 
