@@ -33,6 +33,9 @@ from storage.base import BlobStore, BlobWriter, StorageError, StorageFullError
 log = logging.getLogger("archive.ingest")
 
 
+# Most instances one group commit takes (bounds the index transaction).
+_GROUP_MAX = 500
+
 # Storage folder of the batch intents (see Ingest.recover); UIDs never start with a letter.
 JOURNAL = "journal"
 
@@ -161,6 +164,8 @@ class Ingest:
         # kills a worker, not the server. None: the loop's default thread pool.
         self._pool_factory = pool_factory
         self._pool: Executor | None = pool_factory() if pool_factory else None
+        self._queue: list[tuple[list[Prepared], asyncio.Future[None]]] = []
+        self._committing = False
 
     async def start(self) -> int:
         """Start the parse workers (so the first upload does not wait for them) and recover
@@ -254,9 +259,44 @@ class Ingest:
 
     async def commit(self, prepared: list[Prepared]) -> list[IngestResult]:
         """Make a batch durable in storage, index it in one transaction, and only then report
-        it stored; blobs that end up unreferenced are deleted."""
+        it stored; blobs that end up unreferenced are deleted.
+
+        Group commit: batches that arrive while another one is being committed (concurrent
+        requests, parallel C-STORE associations) are committed together, sharing the fsyncs
+        and the index transaction."""
         if not prepared:
             return []
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((prepared, future))
+        if not self._committing:
+            self._committing = True
+            asyncio.get_running_loop().create_task(self._commit_queued())
+        await asyncio.shield(future)
+        return [p.result for p in prepared]
+
+    async def _commit_queued(self) -> None:
+        try:
+            while self._queue:
+                groups: list[tuple[list[Prepared], asyncio.Future[None]]] = []
+                size = 0
+                while self._queue and size < _GROUP_MAX:
+                    groups.append(self._queue.pop(0))
+                    size += len(groups[-1][0])
+                try:
+                    await self._commit_group([p for ps, _ in groups for p in ps])
+                except Exception as exc:  # the waiting callers get it; the loop goes on
+                    log.exception("group commit of %d instance(s) failed", size)
+                    for _, future in groups:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, future in groups:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._committing = False
+
+    async def _commit_group(self, prepared: list[Prepared]) -> None:
         try:
             intent = await self._write_intent(prepared)
         except StorageError as exc:
@@ -264,7 +304,7 @@ class Ingest:
             status = OUT_OF_RESOURCES if isinstance(exc, StorageFullError) else PROCESSING_FAILURE
             for p in prepared:
                 _failed(p.result, status, str(exc) if status == OUT_OF_RESOURCES else "storage error")
-            return [p.result for p in prepared]
+            return
         errors = await self.store.commit_many([(p.blob, p.record.storage_key) for p in prepared])
         durable: list[Prepared] = []
         for p, err in zip(prepared, errors, strict=True):
@@ -278,7 +318,6 @@ class Ingest:
         if durable:
             await self._index(durable)
         await self._drop(intent)
-        return [p.result for p in prepared]
 
     async def _write_intent(self, prepared: list[Prepared]) -> str:
         """Journal the keys about to be committed before they get their names: if the process
@@ -291,7 +330,11 @@ class Ingest:
         except BaseException:
             await blob.abort()
             raise
-        await blob.commit(key)
+        # Not fsynced: after a process crash the page cache still has it; after a power loss a
+        # missing intent only leaves an unindexed (never served) blob behind, which verify finds.
+        error = (await self.store.commit_many([(blob, key)], durable=False))[0]
+        if error is not None:
+            raise error
         return key
 
     async def recover(self) -> int:

@@ -4,6 +4,7 @@ Two sets:
 
 * CT: 512x512 16-bit slices with a realistic CT header, written with pydicom (Explicit VR Little
   Endian): ``studies x series x slices`` plus one long series (the /metadata and retrieve figures).
+  A ``tag`` gives another CT set with UIDs and patients of its own (C-STORE and C-MOVE sets).
 * tiny: N instances of 8x8 pixels spread over many patients, studies and series, with varied names,
   dates, modalities and descriptions, for the index-scale (QIDO) figures. Built with ``encoder.py``
   and stored as one file of length-prefixed Part 10 records.

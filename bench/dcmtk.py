@@ -27,8 +27,8 @@ from pathlib import Path
 
 DCMTK_BIN = Path(os.environ.get("BENCH_DCMTK_BIN", "/usr/bin"))
 STORE_RESPONSE = re.compile(r"Received Store Response \(([^)]*)\)")
-# movescu -d prints the final C-MOVE-RSP with "Number of Completed Sub-operations : 500" etc.
-SUBOPS = re.compile(r"Number of (Remaining|Completed|Failed|Warning) Sub-operations\s*:\s*(\d+)", re.I)
+# movescu -d prints each C-MOVE-RSP with "Completed Suboperations       : 500" etc.
+SUBOPS = re.compile(r"(Remaining|Completed|Failed|Warning) Sub-?operations\s*:\s*(\d+)", re.I)
 MOVE_RESPONSE = re.compile(r"Received (Final )?Move Response(?: \(([^)]*)\))?")
 DIMSE_STATUS = re.compile(r"DIMSE Status\s*:\s*(0x[0-9A-Fa-f]{4})(?::\s*(.*))?")
 
@@ -57,6 +57,11 @@ def tool(name: str) -> str:
 def version(name: str) -> str:
     tool(name)
     return _checked[name]
+
+
+def checked_versions() -> dict[str, str]:
+    """The tools checked so far and their ``--version`` first line."""
+    return dict(_checked)
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -238,7 +243,7 @@ def move(study_uid: str, expected: int, total_bytes: int, port: int, called_ae: 
     received = scp_log.read_text(errors="replace").count("Received Store Request")
     written = None if ignore else [p for p in out_dir.iterdir() if p.is_file()]
     where = "discarded by storescp --ignore" if ignore else f"written by storescp to {out_dir} (no fsync)"
-    return MoveRun(expected, total_bytes, seconds, code, status, counts.get("completed"), counts.get("failed"),
-                   counts.get("warning"), None if written is None else len(written),
+    return MoveRun(expected, total_bytes, seconds, code, status, counts.get("completed"),
+                   counts.get("failed"), counts.get("warning"), None if written is None else len(written),
                    None if written is None else sum(p.stat().st_size for p in written), received, where,
                    log, scp_log)

@@ -36,21 +36,27 @@ def section(title: str) -> None:
 
 @dataclass
 class Target:
-    """One figure beside its target. ``value`` None means the figure could not be measured."""
+    """One figure beside its target. ``value`` None means the figure could not be measured.
+    An ``informative`` target (one for later) shows "met"/"not met" rather than PASS/FAIL."""
 
     name: str
     value: float | None
     shown: str
     target: str
     passed: bool | None
+    informative: bool = False
 
     @property
     def verdict(self) -> str:
-        return "n/a" if self.passed is None else ("PASS" if self.passed else "FAIL")
+        if self.passed is None:
+            return "n/a"
+        if self.informative:
+            return "met (info)" if self.passed else "not met (info)"
+        return "PASS" if self.passed else "FAIL"
 
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "value": self.value, "shown": self.shown, "target": self.target,
-                "verdict": self.verdict}
+                "verdict": self.verdict, "informative": self.informative}
 
 
 def at_most(name: str, value: float | None, limit: float, unit: str, note: str = "") -> Target:
@@ -69,6 +75,29 @@ def ratio_at_least(name: str, value: float | None, reference: float | None, shar
     ratio = value / reference
     shown = f"{value:.1f} {unit} = {ratio:.0%} of {reference:.1f} {unit}"
     return Target(name, ratio, shown, target, ratio >= share)
+
+
+def informative_ratio(name: str, value: float | None, reference: float | None, share: float, unit: str,
+                      reference_name: str, extra: str = "") -> Target:
+    """``value`` against ``share`` of ``reference`` as an informative target; the value is shown even
+    when there is no reference (``extra`` after it, e.g. the rate in other units)."""
+    target = f">= {share:.0%} of {reference_name} (informative)"
+    if value is None:
+        return Target(name, None, "not measured", target, None, True)
+    shown = f"{value:.1f} {unit}" + (f" ({extra})" if extra else "")
+    if not reference:
+        return Target(name, value, f"{shown}; {reference_name} not run", target, None, True)
+    ratio = value / reference
+    shown = f"{shown} = {ratio:.0%} of {reference:.1f} {unit}"
+    return Target(name, ratio, shown, target, ratio >= share, True)
+
+
+def figure(name: str, value: float | None, unit: str, extra: str = "") -> Target:
+    """A figure with no target yet."""
+    if value is None:
+        return Target(name, None, "not measured", "none yet", None, True)
+    shown = f"{value:.1f} {unit}" + (f" ({extra})" if extra else "")
+    return Target(name, value, shown, "none yet", None, True)
 
 
 def print_targets(targets: Sequence[Target]) -> None:

@@ -4,6 +4,7 @@
     python bench/run.py --quick         # smoke run: 2,000 tiny instances, ~160 MB of CT (< 1 min)
     python bench/run.py --instances 50000 --json bench/out/figures.json
     python bench/run.py --only stow_ct --parse-processes 1   # STOW CT only, one parse worker process
+    python bench/run.py --only stow_ct,cstore,move           # STOW-RS vs C-STORE ingest, and C-MOVE
 
 Steps, all in one run and all over 127.0.0.1:
  1. synthetic data (cached under ``<workdir>/cache``): a CT set of 512x512 slices plus one long series,
@@ -13,12 +14,15 @@ Steps, all in one run and all over 127.0.0.1:
  3. the server (``python -m archive serve --config``) on a fresh data dir; the RSS sum and the PSS
     sum of it and its children sampled every 100 ms for the whole run;
  4. STOW-RS of the CT set (50 instances per request, 4 clients);
+    then C-STORE (dcmtk ``storescu``) of two more CT sets of the same shape with UIDs of their own:
+    one association, then 4 parallel associations (``dcmtk.py``); counted back by QIDO-RS;
  5. STOW-RS of the tiny set, then QIDO-RS latencies over a mixed query set (``qido.py``);
  6. WADO-RS /metadata of the long series (first run, median of the next runs);
  7. WADO-RS retrieve of the long series, streamed and counted (median of 3);
- 8. a summary against the targets, optionally written as JSON (``--json``).
+ 8. C-MOVE (dcmtk ``movescu``) of a 500-instance study to a dcmtk ``storescp``;
+ 9. a summary against the targets, optionally written as JSON (``--json``).
 
-``--only`` runs a subset of steps 4-7 (and only the data and limits they need).
+``--only`` runs a subset of steps 4-8 (and only the data and limits they need).
 Every answer is checked (status, counts); problems are listed at the end, never asserted.
 MB = 10^6 bytes throughout.
 """
@@ -41,10 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import dcmtk
 import httpclient
 import limits
 import qido
 import report
+import requests
 from procs import ManagedProcess, MemorySampler, ProcessError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,13 +60,16 @@ TARGET_METADATA_MS = 150.0
 TARGET_STOW_SHARE = 0.90
 TARGET_RETRIEVE_SHARE = 0.50
 TARGET_MEMORY_MB = 200.0  # server peak PSS (with children)
+TARGET_CSTORE_SHARE = 0.80  # C-STORE ingest vs STOW-RS CT: informative for now (a later issue's target)
+ARCHIVE_AE, STORESCU_AE, MOVESCU_AE, SCP_AE = "IMAGING-ARCHIVE", "BENCHSCU", "BENCHMOVE", "BENCHSCP"
 FSYNC_MAX_FILES = 8000  # caps the probe at ~4 GB of temporary files
 # PSS costs ~1 ms of CPU per process per sample under load (~5 ms with a parse worker), in this
 # process; 100 ms keeps that near 5% of one CPU.
 MEMORY_INTERVAL_S = 0.1
 # --only names -> the run's step names; a step's prerequisite is added when it is left out.
-ONLY_STEPS = {"stow_ct": "stow_ct", "tiny": "stow_tiny", "qido": "qido", "metadata": "metadata",
-              "retrieve": "retrieve"}
+ONLY_STEPS = {"stow_ct": "stow_ct", "cstore": "cstore", "tiny": "stow_tiny", "qido": "qido",
+              "metadata": "metadata", "retrieve": "retrieve", "move": "move"}
+DIMSE_STEPS = {"cstore", "move"}
 ONLY_NEEDS = {"qido": "tiny", "metadata": "stow_ct", "retrieve": "stow_ct"}
 
 
@@ -79,6 +88,11 @@ class Sizes:
     ct_batch: int
     tiny_batch: int
     clients: int
+    cstore_studies: int  # each C-STORE set: studies x series x slices + one long series
+    cstore_series: int
+    cstore_slices: int
+    cstore_big: int
+    move_instances: int
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -96,13 +110,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--queries-per-kind", type=int, help="QIDO queries per kind (default 50, 20 quick)")
     p.add_argument("--repo", type=Path, default=REPO, help="folder the server runs from (default: this repo)")
     p.add_argument("--keep-data", action="store_true", help="keep the server data dir after the run")
-    p.add_argument("--disable-dimse", action="store_true", help="write [dimse] enabled = false")
+    p.add_argument("--disable-dimse", action="store_true",
+                   help="write [dimse] enabled = false (the cstore and move steps are skipped)")
+    p.add_argument("--dimse-port", type=int, default=18104, help="archive DIMSE port (default 18104)")
+    p.add_argument("--scp-port", type=int, default=18105,
+                   help="port of the C-MOVE destination, dcmtk storescp as BENCHSCP (default 18105)")
+    p.add_argument("--scp-ignore", action="store_true",
+                   help="storescp --ignore: the C-MOVE destination receives but writes nothing "
+                   "(default: it writes the files to the run's data dir, without fsync)")
     p.add_argument("--parse-processes", type=int, metavar="N",
                    help="write [ingest] parse_processes = N (0 = parse in threads, 1 = one worker "
                    "process; default: not written, the server's default)")
     p.add_argument("--only", metavar="STEPS",
                    help=f"run only these steps, comma-separated among {', '.join(ONLY_STEPS)} "
-                   "(qido needs tiny, metadata and retrieve need stow_ct: added when missing)")
+                   "(qido needs tiny, metadata and retrieve need stow_ct: added when missing; "
+                   "cstore and move need neither)")
     args = p.parse_args(argv)
     try:
         resolve_only(args.only)
@@ -137,12 +159,17 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         big=200 if quick else 1000,
         fsync_seconds=2.0 if quick else 4.0, plain_mb=128 if quick else 256,
         queries_per_kind=args.queries_per_kind or (20 if quick else 50),
-        metadata_runs=10, retrieve_runs=3, ct_batch=50, tiny_batch=args.tiny_batch, clients=args.clients)
+        metadata_runs=10, retrieve_runs=3, ct_batch=50, tiny_batch=args.tiny_batch, clients=args.clients,
+        # C-STORE sets: the full STOW-RS CT shape (2,000 instances, ~1 GB each); quick: 50 + 50 slices
+        cstore_studies=1 if quick else 10, cstore_series=1 if quick else 2, cstore_slices=50,
+        cstore_big=50 if quick else 1000, move_instances=100 if quick else 500)
 
 
 def require_free_port(port: int) -> None:
-    """Refuse a busy port: a health check could otherwise reach some other server."""
+    """Refuse a busy port: a health check could otherwise reach some other server. SO_REUSEADDR as
+    the servers set it: connections of a previous run left in TIME-WAIT do not count, a listener does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError as exc:
@@ -173,13 +200,19 @@ def progress_printer(label: str, total: int, every: float = 10.0) -> Callable[[h
     return show
 
 
-def server_config(run_dir: Path, port: int, disable_dimse: bool, parse_processes: int | None = None) -> str:
+def server_config(run_dir: Path, port: int, disable_dimse: bool, parse_processes: int | None = None,
+                  dimse_port: int = 18104, scp_port: int = 18105) -> str:
     files, db = json.dumps(str(run_dir / "files")), json.dumps(f"sqlite+aiosqlite:///{run_dir / 'index.db'}")
     text = (f'[http]\nhost = "127.0.0.1"\nport = {port}\n[storage]\npath = {files}\n[database]\nurl = {db}\n'
             '[qido]\nmax_results = 100000\n[log]\nlevel = "warning"\n')
     if parse_processes is not None:
         text += f"[ingest]\nparse_processes = {parse_processes}\n"
-    return text + ("[dimse]\nenabled = false\n" if disable_dimse else "")
+    if disable_dimse:
+        return text + "[dimse]\nenabled = false\n"
+    # the C-MOVE destination is the dcmtk storescp the move step starts
+    return text + (f'[dimse]\nenabled = true\nhost = "127.0.0.1"\nport = {dimse_port}\n'
+                   f'ae_title = "{ARCHIVE_AE}"\n'
+                   f'[dimse.peers.bench]\nae_title = "{SCP_AE}"\nhost = "127.0.0.1"\nport = {scp_port}\n')
 
 
 class Bench:
@@ -195,8 +228,13 @@ class Bench:
         self.sampler: MemorySampler | None = None
         self.ct: datasets.CtSet | None = None
         self.tiny: datasets.TinySet | None = None
+        self.cstore_sets: list[datasets.CtSet] = []  # one association, parallel associations
+        self.move_set: datasets.CtSet | None = None
+        self.extra_studies: list[datasets.StudyRecord] = []  # stored besides the CT and tiny sets
         only, self.only_notes = resolve_only(args.only)
         self.selected = {ONLY_STEPS[name] for name in only}
+        self.dimse_skipped = self.selected & DIMSE_STEPS if args.disable_dimse else set()
+        self.selected -= self.dimse_skipped
         self.load_at_start = os.getloadavg()[0]
 
     @property
@@ -204,6 +242,12 @@ class Bench:
         if self.ct is None:
             raise RuntimeError("the CT set was not prepared")
         return self.ct
+
+    @property
+    def move_data(self) -> datasets.CtSet:
+        if self.move_set is None:
+            raise RuntimeError("the C-MOVE study was not prepared")
+        return self.move_set
 
     @property
     def tiny_data(self) -> datasets.TinySet:
@@ -232,6 +276,20 @@ class Bench:
                   f"{len(tiny.studies):,} studies, {series:,} series, {patients:,} patients")
             out.update({"tiny_instances": tiny.count, "tiny_bytes": tiny.total_bytes,
                         "tiny_studies": len(tiny.studies), "tiny_series": series})
+        if "cstore" in self.selected:  # UIDs of their own: a copy of the STOW set would be a duplicate
+            shape = (s.cstore_studies, s.cstore_series, s.cstore_slices, s.cstore_big)
+            self.cstore_sets = [datasets.ct_set(cache, *shape, tag=tag) for tag in ("cstore1", "cstoren")]
+            one = self.cstore_sets[0]
+            print(f"  C-STORE: 2 CT sets (1 association; {s.clients} associations) of {len(one.files):,} "
+                  f"instances, {one.total_bytes / 1e6:.0f} MB each ({shape[0]} studies x {shape[1]} series "
+                  f"x {shape[2]} + one {shape[3]}-slice series), UIDs of their own")
+            out.update({"cstore_set_instances": len(one.files), "cstore_set_bytes": one.total_bytes})
+        if "move" in self.selected:
+            self.move_set = mv = datasets.ct_set(cache, 0, 0, 0, s.move_instances, tag="move")
+            print(f"  C-MOVE: one study of {len(mv.files):,} CT instances, {mv.total_bytes / 1e6:.0f} MB")
+            out.update({"move_instances": len(mv.files), "move_bytes": mv.total_bytes})
+        if self.dimse_skipped:
+            print(f"  --disable-dimse: {', '.join(sorted(self.dimse_skipped))} skipped")
 
     def measure_limits(self) -> None:
         report.section("2. machine limits")
@@ -266,7 +324,13 @@ class Bench:
         require_free_port(self.args.port)
         config = self.run_dir / "archive.toml"
         pp = self.args.parse_processes
-        config.write_text(server_config(self.run_dir, self.args.port, self.args.disable_dimse, pp))
+        a = self.args
+        dimse_steps = self.selected & DIMSE_STEPS
+        if not a.disable_dimse:
+            require_free_port(a.dimse_port)
+        if "move" in dimse_steps:
+            require_free_port(a.scp_port)
+        config.write_text(server_config(self.run_dir, a.port, a.disable_dimse, pp, a.dimse_port, a.scp_port))
         argv = [sys.executable, "-m", "archive", "serve", "--config", str(config)]
         self.server = ManagedProcess("archive server", argv, self.args.repo, self.run_dir / "server.log",
                                      f"http://127.0.0.1:{self.args.port}/healthz")
@@ -281,6 +345,19 @@ class Bench:
               f"data in {self.run_dir}")
         print(f"  [ingest] parse_processes = {pp if pp is not None else '(not set: server default)'}")
         self.figures["server"] = {"startup_s": ready, "parse_processes": pp}
+        if a.disable_dimse:
+            print("  [dimse] enabled = false")
+            return
+        print(f"  [dimse] {ARCHIVE_AE} on 127.0.0.1:{a.dimse_port}; C-MOVE peer {SCP_AE} at "
+              f"127.0.0.1:{a.scp_port}")
+        if dimse_steps:
+            try:
+                dcmtk.wait_for_port(a.dimse_port, 15)
+                tools = ["storescu"] if "cstore" in dimse_steps else []
+                tools += ["movescu", "storescp"] if "move" in dimse_steps else []
+                print(f"  dcmtk: {'; '.join(f'{dcmtk.tool(t)} ({dcmtk.version(t)})' for t in tools)}")
+            except dcmtk.DcmtkError as exc:  # the DIMSE steps then fail on their own; the rest goes on
+                self.problems.append(f"DIMSE: {exc}")
 
     def _stow(self, label: str, batches: Iterator[list[bytes]], total: int) -> httpclient.StowResult:
         result = asyncio.run(httpclient.stow(f"{self.base}/studies", batches, self.sizes.clients,
@@ -302,6 +379,105 @@ class Bench:
         r = self._stow("STOW CT", file_batches(files, self.sizes.ct_batch), len(files))
         self.figures["stow_ct"] = _stow_dict(r)
 
+    def _study_counts(self, studies: list[datasets.StudyRecord]) -> list[str]:
+        """QIDO-RS each study; what differs from the catalog (NumberOfStudyRelatedInstances)."""
+        wrong: list[str] = []
+        with requests.Session() as http:
+            for study in studies:
+                resp = http.get(f"{self.base}/studies", params={"StudyInstanceUID": study.uid},
+                                headers={"Accept": httpclient.DICOM_JSON}, timeout=60)
+                got: Any = 0
+                if resp.status_code == 200:
+                    objs = resp.json()
+                    got = objs[0].get("00201208", {}).get("Value", ["?"])[0] if len(objs) == 1 else \
+                        f"{len(objs)} studies"
+                elif resp.status_code != 204:
+                    got = f"HTTP {resp.status_code}"
+                if str(got) != str(study.instances):
+                    wrong.append(f"study {study.uid}: {got} instances, {study.instances} expected")
+        return wrong
+
+    def cstore(self) -> None:
+        s, n = self.sizes, self.sizes.clients
+        report.section(f"4b. C-STORE CT with dcmtk storescu (1 association, then {n} parallel associations)")
+        log_dir = self.args.workdir / "last-dcmtk-logs"
+        shutil.rmtree(log_dir, ignore_errors=True)
+        out: dict[str, Any] = {}
+        for key, data, assoc in (("one_association", self.cstore_sets[0], 1),
+                                 ("parallel", self.cstore_sets[1], n)):
+            warm_page_cache(data.files)
+            folders = ([data.files[0].parent] if assoc == 1 else
+                       dcmtk.link_folders(data.files, assoc, self.run_dir / "cstore-links"))
+            r = dcmtk.store(folders, len(data.files), data.total_bytes, self.args.dimse_port, ARCHIVE_AE,
+                            STORESCU_AE, log_dir)
+            self.extra_studies += data.studies
+            label = f"C-STORE {assoc} association(s)"
+            if r.succeeded != len(data.files) or any(r.exit_codes):
+                others = ", ".join(f"{k} x{v}" for k, v in r.statuses.items() if k != "Success") or "none"
+                self.problems.append(
+                    f"{label}: {r.succeeded}/{len(data.files)} store responses Success (other responses: "
+                    f"{others}); storescu exit codes {r.exit_codes}; {dcmtk.log_excerpt(r.logs[0])} "
+                    f"(logs in {log_dir}, server log {self.args.workdir / 'last-server.log'})")
+            wrong = self._study_counts(data.studies)
+            for problem in wrong[:5]:
+                self.problems.append(f"{label}: QIDO-RS after C-STORE: {problem}")
+            print(f"  {assoc} association(s): {len(data.files):,} instances, "
+                  f"{data.total_bytes / 1e6:.0f} MB in {r.seconds:.1f} s: "
+                  f"{r.instances_per_s:,.1f} instances/s, {r.mb_per_s:.1f} MB/s; "
+                  f"{r.succeeded:,}/{len(data.files):,} responses Success; QIDO-RS: "
+                  f"{len(data.studies) - len(wrong)}/{len(data.studies)} studies complete")
+            out[key] = {"associations": assoc, "instances": len(data.files), "bytes": data.total_bytes,
+                        "seconds": r.seconds, "instances_s": r.instances_per_s, "mb_s": r.mb_per_s,
+                        "success": r.succeeded, "statuses": dict(r.statuses), "exit_codes": r.exit_codes,
+                        "studies": len(data.studies), "studies_incomplete_by_qido": len(wrong)}
+        stow = self.figures.get("stow_ct")
+        if stow:
+            out["stow_ct_mb_s"], out["stow_ct_instances_s"] = stow["mb_s"], stow["instances_s"]
+            for key in ("one_association", "parallel"):
+                out[key]["vs_stow_ct"] = out[key]["mb_s"] / stow["mb_s"] if stow["mb_s"] else None
+            rows = [(f"STOW-RS CT ({s.ct_batch} per request, {s.clients} clients)",
+                     f"{stow['instances_s']:,.1f}", f"{stow['mb_s']:.1f}", "")]
+            rows += [(f"C-STORE CT, {out[k]['associations']} association(s)", f"{out[k]['instances_s']:,.1f}",
+                      f"{out[k]['mb_s']:.1f}", f"{out[k]['vs_stow_ct']:.0%}")
+                     for k in ("one_association", "parallel")]
+            print(report.table(rows, ("ingest (same run)", "instances/s", "MB/s", "vs STOW")))
+            print(f"  (informative target for later: C-STORE >= {TARGET_CSTORE_SHARE:.0%} of STOW-RS)")
+        else:
+            print("  STOW-RS CT not run (--only): no C-STORE/STOW-RS ratio")
+        self.figures["cstore"] = out
+
+    def move(self) -> None:
+        mv, a = self.move_data, self.args
+        n = len(mv.files)
+        report.section(f"8. C-MOVE of a {n}-instance study with dcmtk movescu to storescp")
+        batches = file_batches(mv.files, self.sizes.ct_batch)
+        stow = self._stow("STOW-RS of the study (set-up, not timed)", batches, n)
+        self.extra_studies += mv.studies
+        for problem in self._study_counts(mv.studies):
+            self.problems.append(f"move: QIDO-RS before C-MOVE: {problem}")
+        log_dir = a.workdir / "last-dcmtk-logs"
+        r = dcmtk.move(mv.big_study_uid, n, mv.total_bytes, a.dimse_port, ARCHIVE_AE, SCP_AE, a.scp_port,
+                       self.run_dir / "move-dest", a.scp_ignore, log_dir, MOVESCU_AE)
+        counts = f"completed {r.completed}, failed {r.failed}, warning {r.warning}"
+        arrived = r.received if r.files_written is None else r.files_written
+        if (r.exit_code != 0 or not r.status.startswith("0x0000") or r.completed != n or r.failed
+                or arrived != n):
+            self.problems.append(
+                f"move: movescu exit {r.exit_code}, final status {r.status or '(none seen)'}, {counts}; "
+                f"{arrived}/{n} instances arrived at storescp; {dcmtk.log_excerpt(r.log)} "
+                f"(logs in {log_dir}, server log {a.workdir / 'last-server.log'})")
+        print(f"  destination: dcmtk storescp as {SCP_AE} on 127.0.0.1:{a.scp_port}, data {r.destination}")
+        print(f"  {n:,} instances, {mv.total_bytes / 1e6:.0f} MB in {r.seconds:.2f} s: "
+              f"{r.instances_per_s:,.1f} instances/s, {r.mb_per_s:.1f} MB/s; "
+              f"final C-MOVE status {r.status or '(none seen)'} "
+              f"({counts}); storescp received {r.received:,}"
+              + ("" if r.files_written is None else f", wrote {r.files_written:,} files"))
+        self.figures["move"] = {
+            "instances": n, "bytes": mv.total_bytes, "seconds": r.seconds, "instances_s": r.instances_per_s,
+            "mb_s": r.mb_per_s, "status": r.status, "completed": r.completed, "failed": r.failed,
+            "warning": r.warning, "received": r.received, "files_written": r.files_written,
+            "destination_writes_files": r.files_written is not None, "stow_setup_s": stow.seconds}
+
     def stow_tiny(self) -> None:
         s = self.sizes
         report.section(f"5a. STOW-RS tiny ({s.tiny_batch} per request, {s.clients} clients)")
@@ -313,6 +489,7 @@ class Bench:
         stored, total = list(tiny.studies), tiny.count  # the catalog is what this run stored
         if "stow_ct" in self.selected:
             stored, total = self.ct_data.studies + stored, total + len(self.ct_data.files)
+        stored, total = self.extra_studies + stored, total + sum(st.instances for st in self.extra_studies)
         report.section(f"5b. QIDO-RS at {total:,} instances ({self.sizes.queries_per_kind} queries per kind, "
                        "sequential)")
         result = qido.measure(self.base, tiny.studies, stored, self.sizes.queries_per_kind)
@@ -394,8 +571,9 @@ class Bench:
             print(f"--only: running {', '.join(names)}{added}")
         steps: list[tuple[str, Callable[[], None]]] = [
             ("data", self.prepare_data), ("limits", self.measure_limits), ("server", self.start_server),
-            ("stow_ct", self.stow_ct), ("stow_tiny", self.stow_tiny), ("qido", self.query),
-            ("metadata", self.metadata), ("retrieve", self.retrieve)]
+            ("stow_ct", self.stow_ct), ("cstore", self.cstore), ("stow_tiny", self.stow_tiny),
+            ("qido", self.query), ("metadata", self.metadata), ("retrieve", self.retrieve),
+            ("move", self.move)]
         try:
             for name, fn in steps:
                 if name in ONLY_STEPS.values() and name not in self.selected:
@@ -439,6 +617,7 @@ class Bench:
         stow = f.get("stow_ct", {}).get("mb_s")
         retr = f.get("retrieve", {}).get("median_mb_s")
         rss, pss = f.get("rss", {}).get("peak_mb"), f.get("pss", {}).get("peak_mb")
+        cstore, move = f.get("cstore", {}), f.get("move", {})
         total = f.get("qido", {}).get("instances", n.tiny + f.get("data", {}).get("ct_instances", 0))
         if pss is not None or rss is None:
             memory = report.at_most("server peak PSS (with children)", pss, TARGET_MEMORY_MB, "MB",
@@ -457,9 +636,22 @@ class Bench:
                                                lim.get("loopback_get_mb_s"), TARGET_RETRIEVE_SHARE, "MB/s")),
             ("server", memory),
         ]
-        skipped = "skipped (--only)"
-        return [t if step == "server" or step in self.selected else dataclasses.replace(t, shown=skipped)
-                for step, t in targets]
+        for key, what in (("one_association", "1 association"), ("parallel", f"{n.clients} associations")):
+            c = cstore.get(key, {})
+            targets.append(("cstore", report.informative_ratio(
+                f"C-STORE CT ({what}) MB/s vs STOW-RS CT", c.get("mb_s"), cstore.get("stow_ct_mb_s"),
+                TARGET_CSTORE_SHARE, "MB/s", "STOW-RS CT",
+                f"{c['instances_s']:,.1f} instances/s" if c else "")))
+        targets.append(("move", report.figure(
+            f"C-MOVE of a {n.move_instances}-instance study, MB/s", move.get("mb_s"), "MB/s",
+            f"{move['instances_s']:,.1f} instances/s" if move else "")))
+
+        def shown(step: str, t: report.Target) -> report.Target:
+            if step == "server" or step in self.selected:
+                return t
+            why = "--disable-dimse" if step in self.dimse_skipped else "--only"
+            return dataclasses.replace(t, shown=f"skipped ({why})", value=None, passed=None)
+        return [shown(step, t) for step, t in targets]
 
     def summarize(self) -> None:
         targets = self.targets()
@@ -548,8 +740,12 @@ def _check_retrieve(d: httpclient.Download, parts: int, min_bytes: int) -> str |
 
 def _run_info(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
     only, notes = resolve_only(args.only)
+    dimse = {"disabled": args.disable_dimse, "port": args.dimse_port, "scp_port": args.scp_port,
+             "move_destination_writes_files": not args.scp_ignore,
+             "dcmtk": dcmtk.checked_versions()}
     return {"quick": args.quick, "sizes": asdict(sizes), "only": only if args.only is not None else None,
-            "only_added": notes, "parse_processes": args.parse_processes, "cpus": os.cpu_count(),
+            "only_added": notes, "parse_processes": args.parse_processes, "dimse": dimse,
+            "cpus": os.cpu_count(),
             "python": sys.version.split()[0], "platform": platform.platform(), "workdir": str(args.workdir),
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import aiofiles
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (
@@ -49,6 +49,7 @@ OUT_OF_RESOURCES = 0xA700
 _PATIENT_ROOT = {PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelGet,
                  PatientRootQueryRetrieveInformationModelMove}
 _FIND_PAGE = 200
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -75,20 +76,19 @@ async def _file_chunks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
 
 
 def _store_contexts(instances: list[Any]) -> list[Any]:
-    """Presentation contexts for C-MOVE sub-operations: each SOP class sent, offered in its
-    stored transfer syntaxes plus the two uncompressed ones (at most 128, PS3.8 9.3.2.2)."""
-    by_class: dict[str, list[str]] = {}
+    """Presentation contexts for C-MOVE sub-operations (at most 128, PS3.8 9.3.2.2): one per
+    SOP class and compressed (or big endian) transfer syntax stored (a destination accepts one
+    syntax per context), and one per SOP class with the little endian uncompressed syntaxes,
+    between which pynetdicom re-encodes."""
+    wanted: dict[tuple[str, tuple[str, ...]], None] = {}
     for inst in instances:
-        syntaxes = by_class.setdefault(inst.sop_class_uid, [])
-        if inst.transfer_syntax_uid not in syntaxes:
-            syntaxes.append(inst.transfer_syntax_uid)
-    contexts = []
-    for sop_class, syntaxes in list(by_class.items())[:128]:
-        for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if ts not in syntaxes:
-                syntaxes.append(ts)
-        contexts.append(build_context(sop_class, syntaxes))
-    return contexts or [build_context(Verification)]
+        ts = UID(inst.transfer_syntax_uid)
+        if ts.is_transfer_syntax and not ts.is_compressed and ts.is_little_endian:
+            wanted[(inst.sop_class_uid, _UNCOMPRESSED)] = None
+        else:
+            wanted[(inst.sop_class_uid, (str(ts),))] = None
+    contexts = [build_context(sop_class, list(syntaxes)) for sop_class, syntaxes in wanted]
+    return contexts[:128] or [build_context(Verification)]
 
 
 class Bridge:

@@ -7,10 +7,14 @@ request to the archive's event loop.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import socket
+import threading
 from typing import Any
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
+from pydicom.uid import UID_dictionary
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, acse
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -20,6 +24,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archive.config import DimseConfig
@@ -40,18 +45,95 @@ QUERY_RETRIEVE = (
 # handler gets its path: memory stays flat whatever the instance size.
 _config.STORE_RECV_CHUNKED_DATASET = True
 
+# Largest PDU we accept (PS3.8 D.3.3.2.1). pynetdicom's default, 16 kB, makes a sender cut a
+# 0.5 MB CT slice into 32 PDUs, each costing a pass of pynetdicom's Python receive loop.
+MAX_PDU = 1 << 20
+
+
+def _nodelay(sock: socket.socket) -> None:
+    """DIMSE is request/response over many small writes: without TCP_NODELAY, Nagle's algorithm
+    and delayed ACKs stall each exchange (measured: C-MOVE 7.1 s -> 4.7 s for 500 slices)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's association server with TCP_NODELAY on accepted connections."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock, address = super().get_request()
+        _nodelay(sock)
+        return sock, address
+
+
+_create_socket = AssociationSocket._create_socket
+
+
+def _create_socket_nodelay(self: AssociationSocket, address: Any) -> socket.socket:
+    sock = _create_socket(self, address)
+    _nodelay(sock)
+    return sock
+
+
+# Outgoing associations (C-MOVE sub-operations) are made inside pynetdicom, which offers no
+# socket-option hook: this wraps its socket factory, keeping everything else as it is.
+AssociationSocket._create_socket = _create_socket_nodelay  # type: ignore[method-assign]
+
+
+def _all_transfer_syntaxes() -> list[str]:
+    """pynetdicom's list plus the retired ones pydicom knows (e.g. JPEG processes 6/8, 10/12):
+    STOW-RS stores them, so C-STORE must too."""
+    known = list(ALL_TRANSFER_SYNTAXES)
+    for uid, entry in UID_dictionary.items():
+        if entry[1] == "Transfer Syntax" and uid not in known:
+            known.append(uid)
+    return known
+
+
+def _negotiate_in_requestor_order(rq_contexts: list[Any], ac_contexts: list[Any],
+                                  roles: Any = None) -> Any:
+    """pynetdicom accepts, of the transfer syntaxes a context proposes, the first in *our* list
+    (Implicit VR LE first). A PACS lists its preferred one first (often the compressed one its
+    images are in): negotiate each proposed context with our syntaxes in the proposer's order,
+    so the data arrive as the sender has them."""
+    supported = {cx.abstract_syntax: cx for cx in ac_contexts}
+    results: list[Any] = []
+    accepted_roles: dict[Any, Any] = {}  # role selection items, one per SOP class
+    for rq in rq_contexts:
+        ac = supported.get(rq.abstract_syntax)
+        if ac is None:
+            cx_result, cx_roles = _negotiate_as_acceptor([rq], ac_contexts, roles)
+        else:
+            ours = set(ac.transfer_syntax)
+            ordered = copy.copy(ac)
+            ordered.transfer_syntax = ([ts for ts in rq.transfer_syntax if ts in ours]
+                                       + [ts for ts in ac.transfer_syntax
+                                          if ts not in rq.transfer_syntax])
+            cx_result, cx_roles = _negotiate_as_acceptor([rq], [ordered], roles)
+        results.extend(cx_result)
+        for item in cx_roles:
+            accepted_roles.setdefault(getattr(item, "sop_class_uid", id(item)), item)
+    return results, list(accepted_roles.values())
+
+
+_negotiate_as_acceptor = acse.negotiate_as_acceptor
+acse.negotiate_as_acceptor = _negotiate_in_requestor_order
+
 
 def build_ae(cfg: DimseConfig, policy: AccessPolicy) -> AE:
     ae = AE(ae_title=cfg.ae_title)
+    ae.maximum_pdu_size = MAX_PDU
     ae.maximum_associations = cfg.max_associations
     ae.acse_timeout = cfg.acse_timeout
     ae.dimse_timeout = cfg.dimse_timeout
     ae.network_timeout = cfg.network_timeout
     ae.add_supported_context(Verification)
+    syntaxes = _all_transfer_syntaxes()
     for cx in AllStoragePresentationContexts:
         # SCP for C-STORE; and, with role selection, SCU on a C-GET requester's association.
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES,
-                                 scu_role=True, scp_role=True)
+        ae.add_supported_context(cx.abstract_syntax, syntaxes, scu_role=True, scp_role=True)
     for uid in QUERY_RETRIEVE:
         ae.add_supported_context(uid)
     required = policy.association_ae_titles()
@@ -78,8 +160,10 @@ class DimseServer:
         if open_services:
             log.warning("DIMSE %s open to every calling AE title (set [dimse.allow] to restrict)",
                         ", ".join(open_services))
-        self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False,
-                                       evt_handlers=handlers.handlers())
+        server = ae.make_server((self.cfg.host, self.cfg.port), evt_handlers=handlers.handlers(),
+                                server_class=_Server)
+        threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True).start()
+        self._server = server
         log.info("DIMSE listening as %s on %s:%d", self.cfg.ae_title, self.cfg.host, self.cfg.port)
 
     def stop(self) -> None:

@@ -68,9 +68,11 @@ class BlobStore(Protocol):
         """Release the store's resources (threads, connections)."""
         ...
 
-    async def commit_many(self, items: list[tuple[BlobWriter, str]]) -> list[StorageError | None]:
+    async def commit_many(self, items: list[tuple[BlobWriter, str]],
+                          durable: bool = True) -> list[StorageError | None]:
         """Commit staged blobs under their keys; per item None or the error (that item is
-        aborted). Batching lets a backend overlap the durability work of many blobs."""
+        aborted). Batching lets a backend overlap the durability work of many blobs.
+        ``durable=False``: visible under the key, but not forced to disk."""
         ...
 
     def open_range(self, key: str, start: int = 0, end: int | None = None,

@@ -82,11 +82,12 @@ class _FileWriter:
             raise _storage_error(exc, "write failed") from exc
         self.size += len(data)
 
-    def _link(self, key: str) -> list[Path]:
+    def _link(self, key: str, durable: bool = True) -> list[Path]:
         """fsync the staged file and give it its final name; return directories to fsync."""
         self._open()
         assert self._fd is not None
-        os.fsync(self._fd)
+        if durable:
+            os.fsync(self._fd)
         os.close(self._fd)
         self._fd = None
         self._closed = True
@@ -179,12 +180,14 @@ class FilesystemStore:
         # Unique without a getrandom(2) call per file: a random prefix per store, then a counter.
         return _FileWriter(self, self.tmp_dir / f"{self._prefix}{next(self._counter):x}.part")
 
-    async def commit_many(self, items: list[tuple[_FileWriter, str]]) -> list[StorageError | None]:
+    async def commit_many(self, items: list[tuple[_FileWriter, str]],
+                          durable: bool = True) -> list[StorageError | None]:
         """Commit several staged blobs at once: their fsyncs run in parallel (the file system
-        merges them into fewer journal commits) and each directory is fsynced once."""
+        merges them into fewer journal commits) and each directory is fsynced once.
+        ``durable=False`` skips the fsyncs (for records that may be lost in a power cut)."""
         for _, key in items:
             check_key(key)
-        outcomes = await asyncio.gather(*(self._run(w._link, key) for w, key in items),
+        outcomes = await asyncio.gather(*(self._run(w._link, key, durable) for w, key in items),
                                         return_exceptions=True)
         errors: list[StorageError | None] = []
         dirs: set[Path] = set()
@@ -200,6 +203,8 @@ class FilesystemStore:
             else:
                 dirs.update(outcome)
                 errors.append(None)
+        if not durable:
+            return errors
         synced = await asyncio.gather(*(self._run(_fsync_dir, d) for d in dirs), return_exceptions=True)
         failure = next((e for e in synced if isinstance(e, OSError)), None)
         if failure is not None:  # the names may not survive a crash: fail them all
