@@ -49,6 +49,7 @@ OUT_OF_RESOURCES = 0xA700
 _PATIENT_ROOT = {PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelGet,
                  PatientRootQueryRetrieveInformationModelMove}
 _FIND_PAGE = 200
+_UNREADABLE: Any = "unreadable stored instance"
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
@@ -204,14 +205,16 @@ class ArchiveHandlers:
 
     def on_get(self, event: Event) -> Iterator[Any]:
         caller = _caller(event)
+        # A refusal announces one sub-operation, then fails: with zero, pynetdicom would end
+        # the C-GET with Success before seeing the failure status.
         if not self.policy.allows("retrieve", caller):
-            yield 0
+            yield 1
             yield _status(NOT_AUTHORIZED, "calling AE title not allowed to retrieve"), None
             return
         try:
             req = self._retrieve_request(event)
         except QueryError as exc:
-            yield 0
+            yield 1
             yield _status(IDENTIFIER_MISMATCH, str(exc)), None
             return
         instances = self.bridge.call(self.retriever.instances(req.query))
@@ -227,8 +230,8 @@ class ArchiveHandlers:
                 return
             try:
                 ds = self.retriever.read(inst)
-            except Exception:  # a missing or unreadable file counts as a failed sub-operation
+            except Exception:  # a missing or unreadable file: a failed sub-operation
                 log.exception("cannot read stored instance sop=%s", inst.sop_uid)
-                yield PENDING, None
+                yield PENDING, _UNREADABLE  # pynetdicom counts a non-Dataset as a failure
                 continue
             yield PENDING, ds
