@@ -162,6 +162,7 @@ class DimseServer:
                         ", ".join(open_services))
         server = ae.make_server((self.cfg.host, self.cfg.port), evt_handlers=handlers.handlers(),
                                 server_class=_Server)
+        ae._servers.append(server)  # as AE.start_server does: shutdown() removes it there
         threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True).start()
         self._server = server
         log.info("DIMSE listening as %s on %s:%d", self.cfg.ae_title, self.cfg.host, self.cfg.port)
