@@ -1,4 +1,4 @@
-"""The one ingest pipeline: every way in (STOW-RS now, C-STORE and bulk import later) calls it.
+"""The one ingest pipeline: every way in (STOW-RS, C-STORE, and bulk import later) calls it.
 
 For each instance: stream the bytes into a staged blob (hashing the data set on the way), parse and
 validate it in an executor thread, build its DICOM JSON, commit the blob under a key made of its

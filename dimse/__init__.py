@@ -1,1 +1,6 @@
-"""DIMSE services (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET) with pynetdicom: the next issue."""
+"""DIMSE services with pynetdicom: C-ECHO, C-STORE (through the ingest pipeline), C-FIND, C-MOVE and
+C-GET (Patient Root and Study Root), with per-service allow-lists of calling AE titles.
+
+:mod:`dimse.server` builds the AE and runs the listener, :mod:`dimse.handlers` answers the
+requests on the archive's event loop, :mod:`dimse.policy` holds the ``[dimse.allow]`` lists.
+"""
