@@ -331,7 +331,8 @@ class Ingest:
             await blob.abort()
             raise
         # Not fsynced: after a process crash the page cache still has it; after a power loss a
-        # missing intent only leaves an unindexed (never served) blob behind, which verify finds.
+        # missing intent only leaves an unindexed blob behind: never served, only wasted space
+        # (the planned `verify` command of the operator tools issue finds such blobs).
         error = (await self.store.commit_many([(blob, key)], durable=False))[0]
         if error is not None:
             raise error
@@ -387,7 +388,7 @@ class Ingest:
     async def _drop(self, key: str) -> None:
         try:
             await self.store.delete(key)
-        except Exception:  # a stray blob is harmless; verify (issue 9) finds it
+        except Exception:  # a stray blob is never served; it only wastes space
             log.warning("could not delete unreferenced blob %s", key)
 
 

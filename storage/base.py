@@ -84,8 +84,9 @@ class BlobStore(Protocol):
         """An open local file of the blob (for sendfile), or None if the backend has none."""
         ...
 
-    async def read_many(self, keys: list[str]) -> list[bytes]:
-        """Whole blobs, for small ones read together (the caller bounds the total size)."""
+    async def read_into(self, items: list[tuple[str, memoryview]]) -> None:
+        """Read whole blobs into the given buffers (each exactly a blob's size), for small blobs
+        read together into memory the caller owns and reuses."""
         ...
 
     def open_sync(self, key: str) -> BinaryIO:

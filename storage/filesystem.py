@@ -234,15 +234,20 @@ class FilesystemStore:
     async def open_local(self, key: str) -> BinaryIO | None:
         return await self._run(open, self.path(key), "rb")
 
-    def _read_many(self, keys: list[str]) -> list[bytes]:
-        out = []
-        for key in keys:
-            with open(self.path(key), "rb") as f:
-                out.append(f.read())
-        return out
+    def _read_into(self, items: list[tuple[str, memoryview]]) -> None:
+        for key, view in items:
+            with open(self.path(key), "rb", buffering=0) as f:
+                pos = 0
+                while pos < len(view):
+                    n = f.readinto(view[pos:])
+                    if not n:
+                        raise OSError(f"blob {key} is shorter than expected")
+                    pos += n
+                if f.read(1):
+                    raise OSError(f"blob {key} is longer than expected")
 
-    async def read_many(self, keys: list[str]) -> list[bytes]:
-        return await self._run(self._read_many, keys)
+    async def read_into(self, items: list[tuple[str, memoryview]]) -> None:
+        await self._run(self._read_into, items)
 
     def open_sync(self, key: str) -> BinaryIO:
         return open(self.path(key), "rb")

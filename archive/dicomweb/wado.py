@@ -90,7 +90,12 @@ async def _send_blob(request: web.Request, response: web.StreamResponse, store: 
 # Instances smaller than this go in batches read by one executor call and written at once
 # (up to _BATCH_BYTES): per-file sendfile calls cost more than the copy for typical slices.
 _SMALL = 2 << 20
-_BATCH_BYTES = 8 << 20
+_BATCH_BYTES = 4 << 20
+
+
+async def _filled(reading: asyncio.Future[None], view: memoryview) -> memoryview:
+    await reading
+    return view
 
 
 def _batches(found: list[StoredInstance]) -> list[list[int]]:
@@ -132,25 +137,39 @@ async def _stream_instances(request: web.Request, found: list[StoredInstance]) -
                                    for h, i in zip(heads, found, strict=True)) + len(closing))
     await response.prepare(request)
     groups = _batches(found)
+    # Two reusable buffers (one being sent, one being filled), allocated here once: batches
+    # read into them keep the server's memory flat over any number of parts.
+    width = max(_BATCH_BYTES, max(sum(len(heads[i]) + found[i].size + len(PART_END)
+                                      for i in g) for g in groups))
+    buffers = [bytearray(width), bytearray(width)]
 
-    def load(group: list[int]) -> asyncio.Future[Any]:
+    def load(g: int) -> asyncio.Future[Any]:
+        group = groups[g]
         if len(group) == 1 and found[group[0]].size >= _SMALL:
             return asyncio.ensure_future(store.open_local(found[group[0]].storage_key))
-        return asyncio.ensure_future(store.read_many([found[i].storage_key for i in group]))
+        buf = memoryview(buffers[g % 2])
+        items, pos = [], 0
+        for i in group:
+            head = heads[i]
+            buf[pos:pos + len(head)] = head
+            pos += len(head)
+            items.append((found[i].storage_key, buf[pos:pos + found[i].size]))
+            pos += found[i].size
+            buf[pos:pos + len(PART_END)] = PART_END
+            pos += len(PART_END)
+        filled = asyncio.ensure_future(store.read_into(items))
+        return asyncio.ensure_future(_filled(filled, buf[:pos]))
 
-    pending = load(groups[0])
+    pending = load(0)
     try:
         for g, group in enumerate(groups):
             loaded = await pending
             if g + 1 < len(groups):
-                pending = load(groups[g + 1])
-            if isinstance(loaded, list):
-                pieces: list[bytes] = []
-                for i, body in zip(group, loaded, strict=True):
-                    if len(body) != found[i].size:
-                        raise OSError(f"stored file of {found[i].sop_uid} differs from its index size")
-                    pieces += (heads[i], body, PART_END)
-                await response.write(b"".join(pieces))
+                pending = load(g + 1)
+            if isinstance(loaded, memoryview):
+                # A copy: a transport may keep what it could not send yet (Python 3.12 keeps
+                # memoryviews), and this buffer is refilled for the batch after next.
+                await response.write(bytes(loaded))
                 continue
             i = group[0]
             try:
@@ -170,7 +189,7 @@ async def _stream_instances(request: web.Request, found: list[StoredInstance]) -
             pending.cancel()
         elif not pending.cancelled() and pending.exception() is None:
             result = pending.result()
-            if result is not None and not isinstance(result, list):
+            if result is not None and not isinstance(result, memoryview):
                 result.close()
     await response.write_eof()
     return response
