@@ -31,7 +31,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
 from tests import synth
-from tests.conftest import LiveServer, free_port, multipart
+from tests.conftest import LiveServer, free_port, multipart, stop_process
 from tests.dcmtk import tool
 from tests.samples import Sample, shared_available, storable
 from tests.test_roundtrip import parse_multipart
@@ -662,13 +662,7 @@ class StoreScp:
         return received(self.folder)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
