@@ -122,10 +122,6 @@ class ArchiveHandlers:
 
     def _on_association(self, event: Event) -> None:
         caller = _caller(event)
-        if event.event is evt.EVT_ACCEPTED:
-            # pynetdicom's reactor sleeps this long between polls of an idle socket; it has no
-            # public setting (see [dimse] poll_interval_us).
-            event.assoc.dul._run_loop_delay = self.cfg.poll_interval_us / 1e6
         log.info("association %s calling=%s host=%s", event.event.name.removeprefix("EVT_").lower(),
                  caller.ae_title, caller.host)
 
