@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import defaultdict
+from collections import ChainMap, defaultdict
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -67,19 +68,36 @@ class _Deltas:
     series_removed_from: set[int] = field(default_factory=set)
 
 
+_KNOWN_MAX = 20_000
+
+
 class IndexWriter:
     def __init__(self, engine: AsyncEngine, duplicate_policy: str = "reject") -> None:
         self.engine = engine
         self.duplicate_policy = duplicate_policy
         self._lock = asyncio.Lock()
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # ("study"|"series", UID) -> pk of rows known to exist: saves three SELECTs per instance
+        # of a series already seen (C-STORE commits one instance at a time).
+        self._known: dict[tuple[str, Any], int] = {}
 
     async def add(self, records: list[InstanceRecord]) -> list[AddResult]:
         """Index ``records`` in one transaction; the results are in the same order."""
         if not records:
             return []
-        async with self._lock, self.engine.begin() as conn:
-            return await self._add(conn, records)
+        async with self._lock:
+            # Lookups see the shared cache; what this transaction learns goes to the first map
+            # and is shared only once the transaction has committed.
+            cache: ChainMap[tuple[str, Any], int] = ChainMap({}, self._known)
+            async with self.engine.begin() as conn:
+                results, removed = await self._add(conn, records, cache)
+            if removed:  # a series or study may be gone: forget everything
+                self._known.clear()
+            else:
+                if len(self._known) > _KNOWN_MAX:
+                    self._known.clear()
+                self._known.update(cache.maps[0])
+            return results
 
     async def stored_keys(self, sop_uids: list[str]) -> set[str]:
         """The storage keys the index references for these instances."""
@@ -91,14 +109,14 @@ class IndexWriter:
                 keys.update(rows.scalars())
         return keys
 
-    async def _add(self, conn: AsyncConnection, records: list[InstanceRecord]) -> list[AddResult]:
+    async def _add(self, conn: AsyncConnection, records: list[InstanceRecord],
+                   cache: MutableMapping[tuple[str, Any], int]) -> tuple[list[AddResult], bool]:
         uids = list({r.sop_uid for r in records})
         rows = await conn.execute(
             select(instances.c.pk, instances.c.sop_uid, instances.c.sha256, instances.c.storage_key,
                    instances.c.series_pk, instances.c.size).where(instances.c.sop_uid.in_(uids)))
         existing = {row.sop_uid: row for row in rows}
         deltas = _Deltas()
-        cache: dict[tuple[str, Any], int] = {}
         results: list[AddResult] = []
         new_rows: list[dict[str, Any]] = []
         pending: dict[str, InstanceRecord] = {}
@@ -130,7 +148,7 @@ class IndexWriter:
         if new_rows:
             await conn.execute(instances.insert(), new_rows)
         await self._apply(conn, deltas)
-        return results
+        return results, bool(deltas.series_removed_from)
 
     @staticmethod
     def _instance_row(rec: InstanceRecord, series_pk: int) -> dict[str, Any]:
@@ -168,7 +186,8 @@ class IndexWriter:
         return (await conn.execute(select(table.c.pk).where(*cond))).scalar_one(), False
 
     async def _series_for(self, conn: AsyncConnection, rec: InstanceRecord,
-                          cache: dict[tuple[str, Any], int], deltas: _Deltas) -> tuple[int, int]:
+                          cache: MutableMapping[tuple[str, Any], int],
+                          deltas: _Deltas) -> tuple[int, int]:
         key = ("series", rec.series_uid)
         if key in cache:
             return cache[key], cache[("study", rec.study_uid)]
@@ -207,16 +226,18 @@ class IndexWriter:
                 await conn.execute(delete(series).where(series.c.pk == pk))
                 d.study_series[row.study_pk] -= 1
         for pk in d.studies_touched | set(d.study_instances):
-            modalities = (await conn.execute(
-                select(series.c.modality).distinct().where(
-                    series.c.study_pk == pk, series.c.modality.is_not(None)))).scalars().all()
-            await conn.execute(update(studies).where(studies.c.pk == pk).values(
-                num_instances=studies.c.num_instances + d.study_instances.get(pk, 0),
-                num_series=studies.c.num_series + d.study_series.get(pk, 0),
-                size=studies.c.size + d.study_size.get(pk, 0),
-                modalities="\\".join(sorted(m for m in modalities if m)),
-                updated=func.now()))
-        for pk in set(d.study_instances):
+            values: dict[str, Any] = {
+                "num_instances": studies.c.num_instances + d.study_instances.get(pk, 0),
+                "num_series": studies.c.num_series + d.study_series.get(pk, 0),
+                "size": studies.c.size + d.study_size.get(pk, 0),
+                "updated": func.now()}
+            if d.study_series.get(pk, 0) or d.series_removed_from:  # the set of series changed
+                modalities = (await conn.execute(
+                    select(series.c.modality).distinct().where(
+                        series.c.study_pk == pk, series.c.modality.is_not(None)))).scalars().all()
+                values["modalities"] = "\\".join(sorted(m for m in modalities if m))
+            await conn.execute(update(studies).where(studies.c.pk == pk).values(**values))
+        for pk in set(d.study_instances) if d.series_removed_from else ():
             empty = (await conn.execute(select(studies.c.num_instances)
                                         .where(studies.c.pk == pk))).scalar_one() == 0
             if empty:  # its only instances moved to another study
