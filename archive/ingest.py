@@ -208,6 +208,8 @@ class Ingest:
         try:
             async for chunk in chunks:
                 await blob.write(chunk, digest.update)
+            if blob.size == 0:  # refused here: nothing to parse (and no file to open)
+                return IngestResult(CANNOT_UNDERSTAND, "empty part: no DICOM data")
             ok = True
             return Staged(blob, digest)
         except StorageFullError as exc:
@@ -232,6 +234,9 @@ class Ingest:
             raise
         result = IngestResult(0, "", parsed.sop_class_uid, parsed.sop_instance_uid,
                               parsed.study_uid, parsed.series_uid)
+        if parsed.meta_mismatch:
+            log.warning("accepted sop=%s whose File Meta names another SOP Class/Instance UID "
+                        "(the data set's are used)", parsed.sop_instance_uid)
         problem = expected.mismatch(parsed) if expected is not None else None
         if problem is not None:
             await blob.abort()
@@ -396,15 +401,3 @@ def _failed(result: IngestResult, status: int, message: str) -> IngestResult:
     result.status = status
     result.message = message
     return result
-
-
-def reason_text(status: int) -> str:
-    return {
-        OUT_OF_RESOURCES: "out of resources",
-        DOES_NOT_MATCH: "data set does not match",
-        CANNOT_UNDERSTAND: "cannot understand",
-        PROCESSING_FAILURE: "processing failure",
-        DUPLICATE_SOP_INSTANCE: "duplicate SOP instance",
-    }.get(status, "failure")
-
-

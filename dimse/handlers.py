@@ -44,7 +44,6 @@ PENDING = 0xFF00
 CANCEL = 0xFE00
 NOT_AUTHORIZED = 0x0124  # PS3.7 C.4: Refused: Not Authorized
 IDENTIFIER_MISMATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC000
 OUT_OF_RESOURCES = 0xA700
 _PATIENT_ROOT = {PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelGet,
                  PatientRootQueryRetrieveInformationModelMove}

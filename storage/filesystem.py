@@ -59,8 +59,7 @@ class _FileWriter:
         return self._fd
 
     def staged_path(self) -> Path:
-        if self._fd is None and not self._closed:
-            self._open()  # an empty blob still has a (zero-length) file
+        """The staged file; it exists once something was written (an empty blob has none)."""
         return self._path
 
     def _write_all(self, data: bytes, tap: Callable[[bytes], None] | None) -> None:

@@ -15,6 +15,7 @@ from archive.app import create_app
 from archive.config import Config
 from tests import synth
 from tests.conftest import make_config, multipart
+from tests.samples import storable
 
 DOES_NOT_MATCH = 0xA900  # 43264
 DUPLICATE_SOP_INSTANCE = 0x0111  # 273
@@ -396,3 +397,15 @@ async def test_client_going_away_mid_upload_leaves_nothing(client, archive_confi
     assert blobs(archive_config) == []
     assert staged(archive_config) == []
     assert await qido(client, "/dicom-web/instances") == []
+
+
+async def test_empty_part_is_a_failure_entry_not_an_error(client) -> None:
+    """A zero-length part gets 0xC000 with a reason; the other parts are stored."""
+    good = storable()[0].path.read_bytes()
+    body, ctype = multipart([b"", good])
+    resp = await client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype})
+    assert resp.status == 202
+    doc = await resp.json()
+    assert [f["00081197"]["Value"][0] for f in doc["00081198"]["Value"]] == [0xC000]
+    assert len(doc["00081199"]["Value"]) == 1
+    assert any("empty part" in w for w in resp.headers.getall("Warning", []))

@@ -30,7 +30,6 @@ pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 # Values larger than this stay on disk while parsing (they become bulk data, read on demand).
 DEFER_SIZE = 64 * 1024
-PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
 _ITEM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE0DD
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -133,7 +132,7 @@ def _scan_fragments(fp: BinaryIO, start: int, file_size: int) -> tuple[list[int]
         pos += 8 + length
 
 
-def _pixel_vr(ds: Dataset, tag: int, vr: str | None, undefined: bool) -> str:
+def _pixel_vr(tag: int, vr: str | None) -> str:
     if vr is not None:
         return vr
     if tag == 0x7FE00008:
@@ -169,12 +168,12 @@ def _read_pixel_data(fp: BinaryIO, ds: Dataset, implicit: bool, little: bool, fi
             "PixelData is native but the transfer syntax is a compressed one")
     if length == 0xFFFFFFFF:
         basic, fragments, end = _scan_fragments(fp, value_offset, file_size)
-        info = PixelInfo(tag, _pixel_vr(ds, tag, vr, True), value_offset, end - value_offset, True,
+        info = PixelInfo(tag, _pixel_vr(tag, vr), value_offset, end - value_offset, True,
                          basic, fragments)
         return info, end + 8
     if value_offset + length > file_size:
         raise InvalidInstance("file truncated in pixel data")
-    info = PixelInfo(tag, _pixel_vr(ds, tag, vr, False), value_offset, length, False)
+    info = PixelInfo(tag, _pixel_vr(tag, vr), value_offset, length, False)
     if tag == 0x7FE00010:
         expected = _expected_native_length(ds)
         if expected is not None and length < expected:

@@ -14,20 +14,3 @@ _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 def is_valid_uid(value: object) -> bool:
     """True for a syntactically valid UID (at least two components, as every real root has)."""
     return isinstance(value, str) and 0 < len(value) <= 64 and _UID_RE.fullmatch(value) is not None
-
-
-class InvalidUIDError(ValueError):
-    """A UID that is not PS3.5 §9.1 syntax; the message never echoes more than 70 characters."""
-
-    def __init__(self, what: str, value: object) -> None:
-        shown = repr(value)
-        if len(shown) > 70:
-            shown = shown[:67] + "..."
-        super().__init__(f"{what} is not a valid UID: {shown}")
-
-
-def check_uid(value: object, what: str = "UID") -> str:
-    if not is_valid_uid(value):
-        raise InvalidUIDError(what, value)
-    assert isinstance(value, str)
-    return value

@@ -63,11 +63,6 @@ class IndexReader:
             async for (blob,) in result:
                 yield zlib.decompress(blob)
 
-    async def sha256(self, sop: str) -> str | None:
-        async with self.engine.connect() as conn:
-            return (await conn.execute(
-                select(instances.c.sha256).where(instances.c.sop_uid == sop))).scalar()
-
     async def bulk(self, study: str, series_uid: str, sop: str,
                    path: str) -> tuple[StoredInstance, list[int | None]] | None:
         """The instance and ``[offset|None, length]`` of one bulk value, if it exists."""

@@ -16,7 +16,6 @@ from archive.query.model import Query, QueryError, make_match
 
 QUERY_RETRIEVE_LEVEL = 0x00080052
 SPECIFIC_CHARACTER_SET = 0x00080005
-RETRIEVE_AE_TITLE = 0x00080054
 
 # Information models (PS3.4 C.6): the levels each one has.
 PATIENT_ROOT = "PATIENT"
