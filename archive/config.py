@@ -93,6 +93,20 @@ class QidoConfig:
 
 
 @dataclass
+class RenderConfig:
+    """Rendered resources and thumbnails (PS3.18 §10.4.1.1.4, §10.4.1.1.5), ``[render]``."""
+
+    # Longest side, in pixels, of a thumbnail requested without a viewport parameter.
+    thumbnail_size: int = 128
+    # JPEG quality (1-100) of rendered images and thumbnails without a quality parameter.
+    jpeg_quality: int = 90
+    # Keep rendered thumbnails on disk and serve them again.
+    thumbnail_cache: bool = True
+    # Folder of the thumbnail cache; "" = "cache/thumbnails" beside the storage folder.
+    cache_path: str = ""
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -106,6 +120,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     qido: QidoConfig = field(default_factory=QidoConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
     log: LogConfig = field(default_factory=LogConfig)
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -116,6 +131,13 @@ class Config:
     @property
     def storage_path(self) -> Path:
         return self.resolve(self.storage.path)
+
+    @property
+    def thumbnail_cache_path(self) -> Path:
+        """``[render] cache_path``, by default ``cache/thumbnails`` beside the storage folder."""
+        if self.render.cache_path:
+            return self.resolve(self.render.cache_path)
+        return self.storage_path.parent / "cache" / "thumbnails"
 
     @property
     def database_url(self) -> str:
@@ -136,6 +158,7 @@ _SECTIONS: dict[str, type] = {
     "database": DatabaseConfig,
     "ingest": IngestConfig,
     "qido": QidoConfig,
+    "render": RenderConfig,
     "log": LogConfig,
 }
 
@@ -218,6 +241,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[ingest] parse_processes must be -1 (automatic), 0 or more")
     if cfg.ingest.bulk_data_threshold < 0:
         raise ConfigError("[ingest] bulk_data_threshold must not be negative")
+    if not 1 <= cfg.render.thumbnail_size <= 4096:
+        raise ConfigError("[render] thumbnail_size must be between 1 and 4096")
+    if not 1 <= cfg.render.jpeg_quality <= 100:
+        raise ConfigError("[render] jpeg_quality must be between 1 and 100")
     if cfg.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
     if cfg.log.format not in LOG_FORMATS:
