@@ -15,7 +15,7 @@ from aiohttp import web
 from archive import keys
 from archive.config import Config
 from archive.dicom.part10 import worker_init
-from archive.dicomweb import qido, stow, wado
+from archive.dicomweb import frames, qido, rendered, stow, wado
 from archive.index.db import create_engine, init_schema
 from archive.index.reader import IndexReader
 from archive.index.writer import IndexWriter
@@ -27,8 +27,8 @@ from storage.filesystem import FilesystemStore
 log = logging.getLogger("archive.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_CORS_HEADERS = "Accept, Authorization, Content-Type"
-_CORS_EXPOSE = "Content-Type, Content-Length, Warning, Location"
+_CORS_HEADERS = "Accept, Authorization, Content-Type, Range"
+_CORS_EXPOSE = "Content-Type, Content-Length, Content-Range, Accept-Ranges, Warning, Location"
 
 
 def _cors_origin(request: web.Request, origins: list[str]) -> str | None:
@@ -108,6 +108,11 @@ def _routes(app: web.Application) -> None:
     r.add_get(series + "/metadata", wado.metadata)
     r.add_get(instance + "/metadata", wado.metadata)
     r.add_get(instance + "/bulk/{path:.+}", wado.bulkdata)
+    # [^/]* (not the default [^/]+): an empty frame list is a 400 with a reason, not a 404.
+    r.add_get(instance + "/frames/{frames:[^/]*}", frames.frames)
+    for level in (study, series, instance, instance + "/frames/{frames}"):
+        r.add_get(level + "/rendered", rendered.rendered)
+        r.add_get(level + "/thumbnail", rendered.thumbnail)
 
 
 def _parse_pool_factory(cfg: Config) -> Callable[[], ProcessPoolExecutor] | None:

@@ -1,7 +1,8 @@
 """WADO-RS: Retrieve Transaction (PS3.18 §10.4): instances, metadata and bulk data.
 
-Instances are streamed from storage into a ``multipart/related`` response; metadata is the DICOM
-JSON stored at ingest, concatenated, never rebuilt from files.
+Instances are streamed from storage into a ``multipart/related`` response, transcoded when the
+client does not accept their stored transfer syntax (archive/pixels/transcode.py); metadata is
+the DICOM JSON stored at ingest, concatenated, never rebuilt from files.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from pydicom import dcmread
 
 from archive import keys
 from archive.dicom.jsonmodel import BASE_URL_TOKEN
+from archive.dicom.uids import is_valid_uid
+from archive.dicomweb import ranges, zipstream
 from archive.dicomweb.media import base_url, parse_accept, uid_param
 from archive.dicomweb.multipart import PART_END, MultipartWriter, new_boundary
 from archive.index.reader import IndexReader, StoredInstance
+from archive.pixels import transcode
 from storage.base import BlobStore
 
 log = logging.getLogger("archive.wado")
@@ -25,26 +29,37 @@ log = logging.getLogger("archive.wado")
 _DICOM_OK = ("application/dicom", "*/*", "application/*", "multipart/*")
 
 
-def _negotiate_dicom(request: web.Request) -> set[str] | None:
-    """The transfer syntaxes the client accepts (None: any, so as stored), or 406 if no acceptable
-    media type. Every acceptable range counts: nothing is transcoded, so the stored transfer
-    syntax is served when any range allows it."""
-    wanted: set[str] = set()
+def _negotiate_dicom(request: web.Request) -> transcode.Acceptable:
+    """The transfer syntaxes the client accepts for application/dicom, in its order of
+    preference (PS3.18 §8.7.3.7, §8.7.8.2), or 406 if no acceptable media type is one.
+
+    ``transfer-syntax=*`` accepts the stored one; a range without the parameter accepts the
+    default, Explicit VR Little Endian, or the stored syntax of a lossy instance (PS3.18
+    §8.7.3.4)."""
+    syntaxes: list[str] = []
+    any_ts = default = matched = False
     for mr in parse_accept(request.headers.get("Accept")):
         if mr.type == "multipart/related":
             if mr.params.get("type", "application/dicom").lower() != "application/dicom":
                 continue
         elif mr.type not in _DICOM_OK:
             continue
+        matched = True
         ts = mr.params.get("transfer-syntax")
-        if ts in (None, "", "*"):
-            return None
-        wanted.add(ts)
-    if wanted:
-        return wanted
+        if ts == "*":
+            any_ts = True
+            continue
+        if not ts:
+            default, ts = True, transcode.ExplicitVRLittleEndian
+        elif not is_valid_uid(ts):
+            raise web.HTTPBadRequest(text=f"transfer-syntax: {ts[:70]!r} is not a valid UID")
+        if ts not in syntaxes:
+            syntaxes.append(ts)
+    if matched:
+        return transcode.Acceptable(tuple(syntaxes), any_ts, default)
     raise web.HTTPNotAcceptable(
-        text='retrieve offers multipart/related; type="application/dicom" (transfer-syntax=* or '
-             "the stored one)")
+        text='retrieve offers multipart/related; type="application/dicom" (with transfer-syntax=*, '
+             "a transfer syntax UID, or none for Explicit VR Little Endian)")
 
 
 def _scope(request: web.Request) -> tuple[str, str | None, str | None]:
@@ -57,18 +72,48 @@ def _scope(request: web.Request) -> tuple[str, str | None, str | None]:
 async def retrieve(request: web.Request) -> web.StreamResponse:
     """GET /studies/{study}[/series/{series}[/instances/{instance}]]"""
     study, series, sop = _scope(request)
-    accepted_ts = _negotiate_dicom(request)
     reader: IndexReader = request.app[keys.READER]
+    if sop is None and zipstream.wants_zip(request):
+        found = await reader.instances(study, series, None)
+        if not found:
+            raise web.HTTPNotFound(text="no such study or series")
+        return await zipstream.stream_zip(request, found, series or study)
+    acceptable = _negotiate_dicom(request)
     found = await reader.instances(study, series, sop)
     if not found:
         raise web.HTTPNotFound(text="no such study, series or instance")
-    if accepted_ts is not None:
-        stored = {i.transfer_syntax_uid for i in found}
-        if not stored <= accepted_ts:
-            raise web.HTTPNotAcceptable(
-                text=f"transfer syntax {', '.join(sorted(accepted_ts))} is not available; stored as "
-                     f"{', '.join(sorted(stored))} (use transfer-syntax=*)")
-    return await _stream_instances(request, found)
+    if all(transcode.stored_acceptable(i.transfer_syntax_uid, acceptable) for i in found):
+        return await _stream_instances(request, found)  # as stored: the fast path
+    plan = await _transcoding_plan(reader, (study, series, sop), acceptable)
+    if not plan:
+        raise web.HTTPNotFound(text="no such study, series or instance")
+    if all(targets[0] == inst.transfer_syntax_uid for inst, targets in plan):
+        return await _stream_instances(request, [inst for inst, _ in plan])
+    return await _stream_transcoded(request, plan)
+
+
+Plan = list[tuple[StoredInstance, list[str]]]
+
+
+async def _transcoding_plan(reader: IndexReader, scope: tuple[str, str | None, str | None],
+                            acceptable: transcode.Acceptable) -> Plan:
+    """Each instance with the transfer syntaxes it may be sent in, best first (the stored one
+    alone when acceptable), decided from the stored metadata before anything is sent: 406 naming
+    the instances that fit no acceptable transfer syntax."""
+    plan: Plan = []
+    refused: list[str] = []
+    for source in await reader.pixel_source(*scope):
+        inst = source.instance
+        try:
+            plan.append((inst, transcode.candidates(inst.transfer_syntax_uid, source.meta, acceptable)))
+        except transcode.NotTranscodable as exc:
+            refused.append(f"{inst.sop_uid}: {exc}")
+    if refused:
+        more = f" (and {len(refused) - 3} more)" if len(refused) > 3 else ""
+        raise web.HTTPNotAcceptable(
+            text=f"{len(refused)} of {len(refused) + len(plan)} instances cannot be sent in an "
+                 f"acceptable transfer syntax: {'; '.join(refused[:3])}{more}")
+    return plan
 
 
 async def _send_blob(request: web.Request, response: web.StreamResponse, store: BlobStore,
@@ -195,6 +240,76 @@ async def _stream_instances(request: web.Request, found: list[StoredInstance]) -
     return response
 
 
+def _transcode_stored(store: BlobStore, inst: StoredInstance, targets: list[str]) -> tuple[str, bytes]:
+    """The stored file in the first of ``targets`` its codecs manage (blocking: run in an
+    executor). Raises NotTranscodable with every target's failure."""
+    errors = []
+    for ts in targets:
+        try:
+            with store.open_sync(inst.storage_key) as fp:
+                return ts, transcode.transcode_file(fp, ts)
+        except transcode.NotTranscodable as exc:
+            errors.append(str(exc))
+    raise transcode.NotTranscodable("; ".join(errors))
+
+
+async def _stream_transcoded(request: web.Request, plan: Plan) -> web.StreamResponse:
+    """Instances as multipart/related parts, each in the transfer syntax the plan gives it: files
+    sent as stored are copied, the others transcoded in an executor before their part begins,
+    the next instance's transcoding overlapping the sending of the current one (at most two
+    instances in memory; on a multi-core machine the codec then runs while the network drains).
+    Part lengths are not known in advance, so the response is chunked. A codec failure before
+    the first part is a 406; after it, the connection is dropped: the client sees a truncated
+    response, never a corrupted instance."""
+    store: BlobStore = request.app[keys.STORE]
+    loop = asyncio.get_running_loop()
+    boundary = new_boundary()
+    response = web.StreamResponse(headers={
+        "Content-Type": MultipartWriter.content_type(boundary, "application/dicom")})
+
+    def prepare(k: int) -> asyncio.Future[tuple[str, bytes]] | None:
+        if k >= len(plan) or plan[k][1][0] == plan[k][0].transfer_syntax_uid:
+            return None  # past the end, or sent as stored
+        return loop.run_in_executor(None, _transcode_stored, store, plan[k][0], plan[k][1])
+
+    pending = prepare(0)
+    try:
+        for k, (inst, _) in enumerate(plan):
+            ts, body = inst.transfer_syntax_uid, None
+            try:
+                current, pending = pending, prepare(k + 1)
+                if current is not None:
+                    ts, body = await current
+                if not response.prepared:
+                    await response.prepare(request)
+                await response.write(MultipartWriter.part_head(boundary, {
+                    "Content-Type": f"application/dicom; transfer-syntax={ts}",
+                    "Content-Length": str(inst.size if body is None else len(body))}))
+                if body is None:
+                    async for chunk in store.open_range(inst.storage_key):
+                        await response.write(chunk)
+                else:
+                    await response.write(body)
+                    body = None
+                await response.write(PART_END)
+            except (transcode.NotTranscodable, OSError) as exc:
+                if not response.prepared:
+                    if isinstance(exc, transcode.NotTranscodable):
+                        raise web.HTTPNotAcceptable(text=f"{inst.sop_uid} cannot be sent in an acceptable "
+                                                         f"transfer syntax: {exc}") from exc
+                    raise
+                log.error("retrieve of study %s aborted at %s: %s", inst.study_uid, inst.sop_uid, exc)
+                if request.transport is not None:
+                    request.transport.close()  # no closing delimiter: the client sees the break
+                return response
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()  # the executor finishes it; its result is dropped
+    await response.write(MultipartWriter.closing(boundary))
+    await response.write_eof()
+    return response
+
+
 async def metadata(request: web.Request) -> web.StreamResponse:
     """GET .../metadata at study, series or instance level (PS3.18 §10.4.1.1.2)."""
     study, series, sop = _scope(request)
@@ -266,24 +381,42 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="no such bulk data")
     inst, (offset, length) = found
     store = request.app[keys.STORE]
-    boundary = new_boundary()
-    response = web.StreamResponse(headers={
-        "Content-Type": MultipartWriter.content_type(boundary, "application/octet-stream")})
-    await response.prepare(request)
-    writer = MultipartWriter(response, boundary)
+    value: bytes | None = None
     if offset is None:
         loop = asyncio.get_running_loop()
         value = await loop.run_in_executor(None, _read_bulk_by_parsing, store, inst.storage_key,
                                            tag_path)
-        await writer.begin_part({"Content-Type": "application/octet-stream",
-                                 "Content-Length": str(len(value))})
-        await response.write(value)
+        length = len(value)
+    assert length is not None
+    # Range (RFC 9110 §14): 206 with those bytes only; a bare body unless multipart was asked.
+    span = ranges.byte_range(request.headers.get("Range"), length)
+    start, end = span if span is not None else (0, length)
+    part_headers = {"Content-Type": "application/octet-stream", "Content-Length": str(end - start)}
+    boundary = new_boundary()
+    response = web.StreamResponse(status=200 if span is None else 206, headers={
+        "Content-Type": MultipartWriter.content_type(boundary, "application/octet-stream"),
+        "Accept-Ranges": "bytes"})
+    multipart = span is None or ranges.wants_multipart(
+        [r.type for r in parse_accept(request.headers.get("Accept"))])
+    if span is not None:
+        if multipart:
+            part_headers["Content-Range"] = ranges.content_range(span, length)
+        else:
+            response.headers["Content-Type"] = "application/octet-stream"
+            response.headers["Content-Range"] = ranges.content_range(span, length)
+            response.content_length = end - start
+    await response.prepare(request)
+    writer = MultipartWriter(response, boundary)
+    if multipart:
+        await writer.begin_part(part_headers)
+    if value is not None:
+        await response.write(value[start:end])
     else:
-        await writer.begin_part({"Content-Type": "application/octet-stream",
-                                 "Content-Length": str(length)})
-        async for chunk in store.open_range(inst.storage_key, offset, offset + length):
+        assert offset is not None
+        async for chunk in store.open_range(inst.storage_key, offset + start, offset + end):
             await response.write(chunk)
-    await writer.end_part()
-    await writer.close()
+    if multipart:
+        await writer.end_part()
+        await writer.close()
     await response.write_eof()
     return response

@@ -3,12 +3,14 @@ DICOM JSON, and where a bulk data value lives. No file is parsed here."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Row, Select, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archive.index.schema import instances, series, studies
@@ -37,6 +39,21 @@ def _scope(stmt: Select, study: str, series_uid: str | None, sop: str | None) ->
 _FROM = instances.join(series, instances.c.series_pk == series.c.pk).join(
     studies, series.c.study_pk == studies.c.pk)
 _ORDER = (series.c.series_number, series.c.pk, instances.c.instance_number, instances.c.pk)
+
+
+@dataclass(frozen=True)
+class PixelSource:
+    """An instance with where its pixel data lies (``PixelInfo.to_dict()`` of ingest, or None
+    when it has none) and its stored DICOM JSON (BulkDataURIs still tokenized)."""
+
+    instance: StoredInstance
+    pixel: dict[str, Any] | None
+    meta: dict[str, Any]
+
+
+def _pixel_sources(rows: Sequence[Row[Any]]) -> list[PixelSource]:
+    return [PixelSource(StoredInstance(*row[:7]), json.loads(row.pixel) if row.pixel else None,
+                        json.loads(zlib.decompress(row.meta_json))) for row in rows]
 
 
 class IndexReader:
@@ -78,3 +95,31 @@ class IndexReader:
         if ref is None:
             return None
         return StoredInstance(*row[:7]), ref
+
+    async def pixel_source(self, study: str, series_uid: str | None,
+                           sop: str | None) -> list[PixelSource]:
+        """Instances in scope with their pixel data positions and DICOM JSON, in retrieve order."""
+        stmt = _scope(select(studies.c.study_uid, series.c.series_uid, instances.c.sop_uid,
+                             instances.c.sop_class_uid, instances.c.transfer_syntax_uid,
+                             instances.c.storage_key, instances.c.size, instances.c.pixel,
+                             instances.c.meta_json).select_from(_FROM), study, series_uid, sop)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt.order_by(*_ORDER))).all()
+        if len(rows) <= 4:
+            return _pixel_sources(rows)
+        # Inflating and parsing the JSON of a whole series takes tens of ms: not on the loop.
+        return await asyncio.to_thread(_pixel_sources, rows)
+
+    async def image_rows(self, study: str, series_uid: str | None,
+                         sop: str | None) -> list[tuple[StoredInstance, int, int]]:
+        """Instances in scope with their indexed Rows (0: none, not an image) and Number of
+        Frames (at least 1), in retrieve order: what rendering needs to pick instances and
+        frames without reading any stored metadata."""
+        stmt = _scope(select(studies.c.study_uid, series.c.series_uid, instances.c.sop_uid,
+                             instances.c.sop_class_uid, instances.c.transfer_syntax_uid,
+                             instances.c.storage_key, instances.c.size, instances.c.rows,
+                             instances.c.number_of_frames).select_from(_FROM), study, series_uid, sop)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt.order_by(*_ORDER))).all()
+        return [(StoredInstance(*row[:7]), row[7] or 0, max(1, row[8] or 1))
+                for row in rows]
