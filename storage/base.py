@@ -84,6 +84,11 @@ class BlobStore(Protocol):
         """An open local file of the blob (for sendfile), or None if the backend has none."""
         ...
 
+    async def read_range(self, key: str, start: int, end: int) -> bytes:
+        """The bytes ``[start, end)`` of a blob in one call (a frame, a bulk value): for small
+        ranges, where one round trip beats a chunked stream."""
+        ...
+
     async def read_into(self, items: list[tuple[str, memoryview]]) -> None:
         """Read whole blobs into the given buffers (each exactly a blob's size), for small blobs
         read together into memory the caller owns and reuses."""

@@ -245,6 +245,17 @@ class FilesystemStore:
                 if f.read(1):
                     raise OSError(f"blob {key} is longer than expected")
 
+    def _read_range(self, key: str, start: int, end: int) -> bytes:
+        with open(self.path(key), "rb", buffering=0) as f:
+            data = os.pread(f.fileno(), end - start, start)
+        if len(data) != end - start:
+            raise OSError(f"blob {key} is shorter than expected")
+        return data
+
+    async def read_range(self, key: str, start: int, end: int) -> bytes:
+        # open + pread + close in one executor call: one thread hop instead of aiofiles' three.
+        return await self._run(self._read_range, key, start, end)
+
     async def read_into(self, items: list[tuple[str, memoryview]]) -> None:
         await self._run(self._read_into, items)
 

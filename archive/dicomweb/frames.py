@@ -222,7 +222,11 @@ class Part:
 
 
 async def _read_all(store: BlobStore, key: str, ranges: list[tuple[int, int]]) -> bytes:
-    return b"".join([c for start, end in ranges async for c in store.open_range(key, start, end)])
+    return b"".join([await store.read_range(key, start, end) for start, end in ranges])
+
+
+# Frames up to this size are read in one call; larger ones (e.g. 4k x 4k colour) are streamed.
+_ONE_READ = 8 << 20
 
 
 def _native_parts(store: BlobStore, src: PixelSource, geometry: Geometry,
@@ -238,6 +242,9 @@ def _native_parts(store: BlobStore, src: PixelSource, geometry: Geometry,
         s = px.native_slice(geometry, int(pixel["length"]), pixel["vr"], index, big_endian)
 
         async def chunks(s: px.NativeSlice = s) -> AsyncGenerator[bytes, None]:
+            if s.plain and s.end - s.start <= _ONE_READ:
+                yield await store.read_range(key, base + s.start, base + s.end)
+                return
             if s.plain:
                 async for chunk in store.open_range(key, base + s.start, base + s.end):
                     yield chunk
@@ -289,6 +296,9 @@ def _encapsulated_parts(store: BlobStore, src: PixelSource, geometry: Geometry,
             parts.append(Part(None, decoded))
         else:
             async def stored(ranges: list[tuple[int, int]] = ranges) -> AsyncGenerator[bytes, None]:
+                if sum(end - start for start, end in ranges) <= _ONE_READ:
+                    yield await _read_all(store, key, ranges)
+                    return
                 for start, end in ranges:
                     async for chunk in store.open_range(key, start, end):
                         yield chunk
@@ -399,6 +409,16 @@ async def _send_multipart(request: web.Request, choice: Choice, parts: list[Part
     heads = [MultipartWriter.part_head(boundary, {"Content-Type": choice.part_type, **(
         {"Content-Length": str(p.size)} if p.size is not None else {})}) for p in parts]
     closing = MultipartWriter.closing(boundary)
+    if len(parts) == 1 and (parts[0].size is None or parts[0].size <= _ONE_READ):
+        # One frame (what viewers ask for, thousands of times a series): already in memory
+        # after one read or one decode, so it goes out with the headers in a single write.
+        first, chunks = await _first_chunk(parts[0])
+        try:
+            body = b"".join([heads[0], first] + [c async for c in chunks] + [PART_END, closing])
+        finally:
+            await chunks.aclose()
+        response = web.Response(body=body, headers={"Content-Type": response.headers["Content-Type"]})
+        return response
     if all(p.size is not None for p in parts):
         response.content_length = (sum(len(h) + (p.size or 0) + len(PART_END)
                                        for h, p in zip(heads, parts, strict=True)) + len(closing))

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Select, select
+from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archive.index.schema import instances, series, studies
@@ -51,6 +51,23 @@ class PixelSource:
     meta: dict[str, Any]
 
 
+def _instances_stmt(by_series: bool, by_sop: bool) -> Select:
+    stmt = select(studies.c.study_uid, series.c.series_uid, instances.c.sop_uid,
+                  instances.c.sop_class_uid, instances.c.transfer_syntax_uid,
+                  instances.c.storage_key, instances.c.size).select_from(_FROM)
+    stmt = stmt.where(studies.c.study_uid == bindparam("study"))
+    if by_series:
+        stmt = stmt.where(series.c.series_uid == bindparam("series"))
+    if by_sop:
+        stmt = stmt.where(instances.c.sop_uid == bindparam("sop"))
+    return stmt.order_by(*_ORDER)
+
+
+# Built once: every frame, rendered and retrieve request looks its instances up this way, and
+# building the statement cost more CPU than running it.
+_INSTANCES = {(a, b): _instances_stmt(a, b) for a in (False, True) for b in (False, True)}
+
+
 def _pixel_sources(rows: Sequence[Row[Any]]) -> list[PixelSource]:
     return [PixelSource(StoredInstance(*row[:7]), json.loads(row.pixel) if row.pixel else None,
                         json.loads(zlib.decompress(row.meta_json))) for row in rows]
@@ -62,12 +79,10 @@ class IndexReader:
 
     async def instances(self, study: str, series_uid: str | None = None,
                         sop: str | None = None) -> list[StoredInstance]:
-        stmt = _scope(select(studies.c.study_uid, series.c.series_uid, instances.c.sop_uid,
-                             instances.c.sop_class_uid, instances.c.transfer_syntax_uid,
-                             instances.c.storage_key, instances.c.size).select_from(_FROM),
-                      study, series_uid, sop).order_by(*_ORDER)
+        stmt = _INSTANCES[(series_uid is not None, sop is not None)]
+        params = {"study": study, "series": series_uid, "sop": sop}
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+            rows = (await conn.execute(stmt, params)).all()
         return [StoredInstance(*row) for row in rows]
 
     async def metadata(self, study: str, series_uid: str | None = None, sop: str | None = None,
