@@ -20,6 +20,7 @@ from archive.index.db import create_engine, init_schema
 from archive.index.reader import IndexReader
 from archive.index.writer import IndexWriter
 from archive.ingest import Ingest
+from archive.pixels.codecpool import CodecPool, worker_count
 from archive.retrieve import Retriever
 from dimse.server import DimseServer
 from storage.filesystem import FilesystemStore
@@ -140,6 +141,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[keys.READER] = IndexReader(engine)
     ingest = Ingest(store, writer, cfg.ingest.bulk_data_threshold, _parse_pool_factory(cfg))
     app[keys.INGEST] = ingest
+    codecs = CodecPool(worker_count(cfg.render.codec_processes))
+    app[keys.CODECS] = codecs
     removed = await ingest.start()
     dimse: DimseServer | None = None
     if cfg.dimse.enabled:
@@ -154,6 +157,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await engine.dispose()
     store.close()
     ingest.close()
+    codecs.close()
 
 
 def create_app(cfg: Config) -> web.Application:

@@ -104,6 +104,10 @@ class RenderConfig:
     thumbnail_cache: bool = True
     # Folder of the thumbnail cache; "" = "cache/thumbnails" beside the storage folder.
     cache_path: str = ""
+    # Worker processes for codec work (decoding frames, transcoding): the JPEG 2000 and JPEG
+    # codecs hold the GIL, so threads use one core. -1: one per CPU when there are several;
+    # 0: threads only. Workers start at the first codec request, not with the server.
+    codec_processes: int = -1
 
 
 @dataclass
@@ -245,6 +249,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[render] thumbnail_size must be between 1 and 4096")
     if not 1 <= cfg.render.jpeg_quality <= 100:
         raise ConfigError("[render] jpeg_quality must be between 1 and 100")
+    if cfg.render.codec_processes < -1:
+        raise ConfigError("[render] codec_processes must be -1 (automatic), 0 or more")
     if cfg.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
     if cfg.log.format not in LOG_FORMATS:

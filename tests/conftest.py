@@ -28,6 +28,8 @@ def make_config(root: Path, **sections: dict) -> Config:
     data: dict = {"storage": {"path": str(root / "files")},
                   "database": {"url": f"sqlite+aiosqlite:///{root / 'index.db'}"},
                   "dimse": {"enabled": False},  # DIMSE tests turn it on, on a free port
+                  # codecs in threads (tests patch them); test_codec_processes covers the pool
+                  "render": {"codec_processes": 0},
                   "log": {"level": "warning"}}
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

@@ -27,6 +27,7 @@ from archive.dicomweb.multipart import PART_END, MultipartWriter, new_boundary
 from archive.index.reader import IndexReader, PixelSource
 from archive.pixels import frames as px
 from archive.pixels import transcode
+from archive.pixels.codecpool import CodecPool
 from archive.pixels.geometry import Geometry
 from storage.base import BlobStore
 
@@ -261,7 +262,7 @@ def _fragment_ranges(src: PixelSource, span: tuple[int, int]) -> list[tuple[int,
     return [(int(o), int(o) + int(n)) for o, n in src.pixel["fragments"][span[0]:span[1]]]
 
 
-def _encapsulated_parts(store: BlobStore, src: PixelSource, geometry: Geometry,
+def _encapsulated_parts(store: BlobStore, codecs: CodecPool, src: PixelSource, geometry: Geometry,
                         spans: px.FrameSpans, indexes: list[int], choice: Choice) -> list[Part]:
     """Encapsulated frames: the frame's fragments without item headers (PS3.18 §8.7.3.3.2),
     sent as they are, decoded to native bytes in an executor, or, for Encapsulated
@@ -269,6 +270,7 @@ def _encapsulated_parts(store: BlobStore, src: PixelSource, geometry: Geometry,
     inst = src.instance
     key = inst.storage_key
     uncompressed = inst.transfer_syntax_uid == px.ENCAPSULATED_UNCOMPRESSED
+    pixel_meta = _pixel_meta(src.meta)  # what a codec reads, and all a worker process is sent
     frame_length = (px.frame_bits(geometry) + 7) // 8
     parts = []
     for index in indexes:
@@ -287,8 +289,8 @@ def _encapsulated_parts(store: BlobStore, src: PixelSource, geometry: Geometry,
                               index: int = index) -> AsyncGenerator[bytes, None]:
                 data = await _read_all(store, key, ranges)
                 try:
-                    yield await asyncio.get_running_loop().run_in_executor(
-                        None, transcode.decode_frame, data, src.meta, inst.transfer_syntax_uid, index)
+                    yield await codecs.run(transcode.decode_frame, data, pixel_meta,
+                                           inst.transfer_syntax_uid, index)
                 except Exception as exc:  # codecs raise many types on damaged data
                     raise DecodeError(f"frame {index + 1} cannot be decoded ({type(exc).__name__}: "
                                       f"{exc}"[:300] + "); transfer-syntax=* gets it as stored") from exc
@@ -367,7 +369,7 @@ async def frames(request: web.Request) -> web.StreamResponse:
         parts = _native_parts(store, src, geometry, indexes)
     else:
         spans = await _frame_spans(request, located, store)
-        parts = _encapsulated_parts(store, src, geometry, spans, indexes, choice)
+        parts = _encapsulated_parts(store, request.app[keys.CODECS], src, geometry, spans, indexes, choice)
     if choice.multipart:
         return await _send_multipart(request, choice, parts)
     return await _send_single(request, choice, parts[0])

@@ -22,6 +22,7 @@ from archive.dicomweb.media import base_url, parse_accept, uid_param
 from archive.dicomweb.multipart import PART_END, MultipartWriter, new_boundary
 from archive.index.reader import IndexReader, StoredInstance
 from archive.pixels import transcode
+from archive.pixels.codecpool import CodecPool
 from storage.base import BlobStore
 
 log = logging.getLogger("archive.wado")
@@ -240,17 +241,10 @@ async def _stream_instances(request: web.Request, found: list[StoredInstance]) -
     return response
 
 
-def _transcode_stored(store: BlobStore, inst: StoredInstance, targets: list[str]) -> tuple[str, bytes]:
-    """The stored file in the first of ``targets`` its codecs manage (blocking: run in an
-    executor). Raises NotTranscodable with every target's failure."""
-    errors = []
-    for ts in targets:
-        try:
-            with store.open_sync(inst.storage_key) as fp:
-                return ts, transcode.transcode_file(fp, ts)
-        except transcode.NotTranscodable as exc:
-            errors.append(str(exc))
-    raise transcode.NotTranscodable("; ".join(errors))
+async def _transcode_stored(store: BlobStore, codecs: CodecPool, inst: StoredInstance,
+                            targets: list[str]) -> tuple[str, bytes]:
+    data = await store.read_range(inst.storage_key, 0, inst.size)
+    return await codecs.run(transcode.transcode_first, data, targets)
 
 
 async def _stream_transcoded(request: web.Request, plan: Plan) -> web.StreamResponse:
@@ -262,7 +256,7 @@ async def _stream_transcoded(request: web.Request, plan: Plan) -> web.StreamResp
     the first part is a 406; after it, the connection is dropped: the client sees a truncated
     response, never a corrupted instance."""
     store: BlobStore = request.app[keys.STORE]
-    loop = asyncio.get_running_loop()
+    codecs = request.app[keys.CODECS]
     boundary = new_boundary()
     response = web.StreamResponse(headers={
         "Content-Type": MultipartWriter.content_type(boundary, "application/dicom")})
@@ -270,7 +264,7 @@ async def _stream_transcoded(request: web.Request, plan: Plan) -> web.StreamResp
     def prepare(k: int) -> asyncio.Future[tuple[str, bytes]] | None:
         if k >= len(plan) or plan[k][1][0] == plan[k][0].transfer_syntax_uid:
             return None  # past the end, or sent as stored
-        return loop.run_in_executor(None, _transcode_stored, store, plan[k][0], plan[k][1])
+        return asyncio.ensure_future(_transcode_stored(store, codecs, plan[k][0], plan[k][1]))
 
     pending = prepare(0)
     try:

@@ -734,6 +734,19 @@ def transcode_file(fp: BinaryIO, target: str) -> bytes:
     return out.getvalue()
 
 
+def transcode_first(data: bytes, targets: list[str]) -> tuple[str, bytes]:
+    """A stored file's bytes in the first of ``targets`` the codecs manage, and which one it was
+    (blocking: runs in a codec worker process or a thread). Raises NotTranscodable with every
+    target's failure."""
+    errors = []
+    for ts in targets:
+        try:
+            return ts, transcode_file(io.BytesIO(data), ts)
+        except NotTranscodable as exc:
+            errors.append(str(exc))
+    raise NotTranscodable("; ".join(errors))
+
+
 __all__ = ["TARGETS", "Acceptable", "NotTranscodable", "candidates", "check_conversion",
            "decode_frame", "decoded_photometric", "encode_frame", "is_lossy", "stored_acceptable",
-           "transcode_file"]
+           "transcode_file", "transcode_first"]
