@@ -94,6 +94,11 @@ class BlobStore(Protocol):
         read together into memory the caller owns and reuses."""
         ...
 
+    def local_path(self, key: str) -> str | None:
+        """The blob's path on this machine's file system, or None for a remote backend (for
+        work handed to another process, which opens the file itself)."""
+        ...
+
     def open_sync(self, key: str) -> BinaryIO:
         """A seekable binary file object, for use in executor threads only."""
         ...

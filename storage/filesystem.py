@@ -259,6 +259,9 @@ class FilesystemStore:
     async def read_into(self, items: list[tuple[str, memoryview]]) -> None:
         await self._run(self._read_into, items)
 
+    def local_path(self, key: str) -> str | None:
+        return str(self.path(key))
+
     def open_sync(self, key: str) -> BinaryIO:
         return open(self.path(key), "rb")
 

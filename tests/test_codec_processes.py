@@ -70,3 +70,22 @@ async def test_undecodable_frame_in_a_worker_is_a_clear_406(pooled) -> None:
     assert "frame 1 cannot be decoded" in await resp.text()
     resp = await pooled.get(f"{url}/frames/2", headers={"Accept": OCTET_ELE})
     assert resp.status == 200  # the pool survives a failed call
+
+
+async def test_rendered_in_a_worker_matches_rendered_in_threads(pooled, client) -> None:
+    ds = synth.dataset(rows=40, columns=30)
+    data = synth.encode(ds)
+    url = (f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+           f"/instances/{ds.SOPInstanceUID}/rendered?window=100,300")
+    images = []
+    for c in (pooled, client):  # client: codec_processes = 0 (tests/conftest.py)
+        body, ctype = multipart([data])
+        assert (await c.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype})).status == 200
+        resp = await c.get(url, headers={"Accept": "image/png"})
+        assert resp.status == 200, await resp.text()
+        images.append(await resp.read())
+    assert pooled.app[keys.CODECS]._pool._processes  # rendered in a worker
+    assert images[0] == images[1]
+    bad = await pooled.get(url.replace("window=100,300", "viewport=10,10,500,500,20,20"),
+                           headers={"Accept": "image/png"})
+    assert bad.status == 400  # a RenderError raised in the worker keeps its kind

@@ -263,12 +263,19 @@ def _close(frames: object, fobj: BinaryIO) -> None:
 
 async def render_one(request: web.Request, inst: StoredInstance, index: int,
                      params: RenderParams) -> bytes:
-    """One frame of one instance, encoded (RenderError when it cannot be rendered)."""
-    stream = FrameStream(request, inst, [index], params)
-    try:
-        data = await stream.next()
-    finally:
-        await stream.close()
+    """One frame of one instance, encoded (RenderError when it cannot be rendered). With codec
+    worker processes and a store with local files, the whole of it (read, decode, window,
+    encode) runs in a worker: decoding and JPEG encoding would otherwise share one core."""
+    codecs = request.app[keys.CODECS]
+    path = request.app[keys.STORE].local_path(inst.storage_key)
+    if codecs.processes and path is not None:
+        data = await codecs.run(render.render_file_frame, path, inst.transfer_syntax_uid, index, params)
+    else:
+        stream = FrameStream(request, inst, [index], params)
+        try:
+            data = await stream.next()
+        finally:
+            await stream.close()
     if data is None:
         raise RenderError("the frame could not be read", "undecodable")
     return data

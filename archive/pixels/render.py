@@ -53,8 +53,11 @@ class RenderError(Exception):
     parameters do not fit the image, e.g. a source region outside it)."""
 
     def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
+        super().__init__(message, kind)  # both in args: the error pickles back from a worker
         self.kind = kind
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -404,6 +407,17 @@ def render_frames(fobj: BinaryIO, transfer_syntax: str, indices: list[int],
     """The encoded image of each frame of ``indices``, decoded and rendered one at a time."""
     for index, (arr, ds) in zip(indices, iter_frames(fobj, transfer_syntax, indices), strict=False):
         yield encode(to_image(arr, ds, index, params), params)
+
+
+def render_file_frame(path: str, transfer_syntax: str, index: int, params: RenderParams) -> bytes | None:
+    """One frame of the file at ``path``, rendered and encoded (None if the file has no such
+    frame): the whole of one rendered request, as one call for a codec worker process."""
+    with open(path, "rb") as fobj:
+        frames = render_frames(fobj, transfer_syntax, [index], params)
+        try:
+            return next(frames, None)
+        finally:
+            frames.close()
 
 
 def render_animation(fobj: BinaryIO, transfer_syntax: str, indices: list[int],
