@@ -16,7 +16,9 @@ Figures, each measured over 127.0.0.1 with ``--clients`` concurrent HTTP clients
  2. rendered JPEG images/s: instance ``/rendered`` of the native series, ``Accept: image/jpeg``;
  3. study thumbnail: first request (cold) and the median of the next ones (cached);
  4. transcoding MB/s: series retrieve of the J2K series as Explicit VR Little Endian
-    (MB of DICOM sent per second; MB = 10^6 bytes).
+    (MB of DICOM sent per second; MB = 10^6 bytes);
+ 5. the server's peak memory while measured: PSS summed over it and its children (the codec
+    worker processes), sampled every 100 ms.
 
 Orthanc (Debian packages ``orthanc``, ``orthanc-dicomweb``, ``orthanc-gdcm``) runs on its own
 ports and data folder with its DICOMweb plugin; requests the plugin does not offer are shown as
@@ -40,7 +42,7 @@ import aiohttp
 import datasets
 import pydicom
 import requests
-from procs import ManagedProcess
+from procs import ManagedProcess, MemorySampler
 from pydicom.uid import JPEG2000Lossless
 
 REPO = Path(__file__).resolve().parent.parent
@@ -197,12 +199,15 @@ async def rate(urls: list[str], accept: str, clients: int, expect: str) -> Rate:
             nonlocal total
             while queue:
                 url = queue.pop()
-                async with http.get(url, headers={"Accept": accept}) as r:
-                    body = await r.read()
-                    total += len(body)
-                    problem = _check(r.status, r.headers.get("Content-Type", ""), body, expect)
-                    if problem:
-                        errors.append(f"{url.split('/dicom-web')[1][:90]}: {problem}")
+                try:
+                    async with http.get(url, headers={"Accept": accept}) as r:
+                        body = await r.read()
+                        total += len(body)
+                        problem = _check(r.status, r.headers.get("Content-Type", ""), body, expect)
+                except aiohttp.ClientError as exc:  # counted against the server, not fatal
+                    problem = f"{type(exc).__name__}: {exc}"
+                if problem:
+                    errors.append(f"{url.split('/dicom-web')[1][:90]}: {problem}")
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         seconds = time.perf_counter() - started
@@ -263,7 +268,8 @@ ROWS = [("frames_native", "per_s", "single-frame retrieve, native CT (frames/s)"
         ("rendered_jpeg", "per_s", "rendered JPEG, 512x512 CT (images/s)"),
         ("thumbnail_study", "cold_ms", "study thumbnail, first request (ms)"),
         ("thumbnail_study", "cached_ms", "study thumbnail, cached (ms)"),
-        ("transcode_j2k_to_ele", "mb_per_s", "transcoding J2K -> Explicit VR LE (MB/s)")]
+        ("transcode_j2k_to_ele", "mb_per_s", "transcoding J2K -> Explicit VR LE (MB/s)"),
+        ("memory", "peak_pss_mb", "server peak PSS while measured, with children (MB)")]
 
 
 def show(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -322,7 +328,12 @@ def main(argv: list[str]) -> int:
             print(f"2. {t.name}: start, store {len(native.files) + len(j2k.files)} instances, measure")
             t.proc.start(timeout=60)
             t.store(native.files + j2k.files)
+            sampler = MemorySampler(t.proc.pid, 0.1)
+            sampler.start()
             results[t.name] = asyncio.run(measure(t, native, j2k, args))
+            sampler.stop()
+            results[t.name]["memory"] = {"peak_pss_mb": sampler.peak.pss / 1e6,
+                                         "peak_rss_mb": sampler.peak.rss / 1e6}
             t.proc.stop()
     finally:
         for t in targets:
