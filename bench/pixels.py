@@ -107,14 +107,15 @@ class Target:
 class Archive(Target):
     name = "imaging-archive"
 
-    def __init__(self, run_dir: Path, port: int) -> None:
+    def __init__(self, run_dir: Path, port: int, codec_processes: int | None = None) -> None:
         self.base = f"http://127.0.0.1:{port}/dicom-web"
+        render = "" if codec_processes is None else f"[render]\ncodec_processes = {codec_processes}\n"
         config = run_dir / "archive.toml"
         config.write_text(
             f'[http]\nhost = "127.0.0.1"\nport = {port}\n'
             f'[storage]\npath = {json.dumps(str(run_dir / "files"))}\n'
             f'[database]\nurl = {json.dumps("sqlite+aiosqlite:///" + str(run_dir / "index.db"))}\n'
-            '[dimse]\nenabled = false\n[log]\nlevel = "warning"\n')
+            '[dimse]\nenabled = false\n[log]\nlevel = "warning"\n' + render)
         argv = [sys.executable, "-m", "archive", "serve", "--config", str(config)]
         self.proc = ManagedProcess(self.name, argv, REPO, run_dir / "server.log",
                                    f"http://127.0.0.1:{port}/healthz")
@@ -305,6 +306,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--orthanc-port", type=int, default=18092)
     p.add_argument("--orthanc-dicom-port", type=int, default=18093)
     p.add_argument("--no-orthanc", action="store_true")
+    p.add_argument("--codec-processes", type=int, help="[render] codec_processes of the archive "
+                   "(default: not set, the server's default)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     cache = args.workdir / "cache"
@@ -316,7 +319,7 @@ def main(argv: list[str]) -> int:
     print(f"  native series: {len(native.files)} x 512x512, {native.bytes / 1e6:.1f} MB; "
           f"J2K series: {j2k.bytes / 1e6:.1f} MB")
     (run_dir / "archive").mkdir()
-    targets: list[Target] = [Archive(run_dir / "archive", args.port)]
+    targets: list[Target] = [Archive(run_dir / "archive", args.port, args.codec_processes)]
     if not args.no_orthanc:
         if Path(ORTHANC_BIN).exists():
             targets.append(Orthanc(run_dir, args.orthanc_port, args.orthanc_dicom_port))
