@@ -19,7 +19,6 @@ import numpy as np
 from archive.pixels.geometry import Geometry
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
-IMPLICIT_LE = "1.2.840.10008.1.2"
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 # PS3.5 A.4.11: encapsulated, but each fragment holds one native (uncompressed) frame.
