@@ -120,9 +120,10 @@ class IndexReader:
                              instances.c.meta_json).select_from(_FROM), study, series_uid, sop)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt.order_by(*_ORDER))).all()
-        if len(rows) <= 4:
+        if sum(len(row.meta_json) for row in rows) <= 16 << 10:
             return _pixel_sources(rows)
-        # Inflating and parsing the JSON of a whole series takes tens of ms: not on the loop.
+        # Inflating and parsing the JSON of a series, or of one enhanced multi-frame instance
+        # with per-frame functional groups, takes tens of ms: not on the loop.
         return await asyncio.to_thread(_pixel_sources, rows)
 
     async def image_rows(self, study: str, series_uid: str | None,
