@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
-from pydicom.filereader import dcmread, read_dataset
+from pydicom.filereader import _read_file_meta_info, dcmread, read_dataset
 from pydicom.uid import UID
 
 from archive.dicom.jsonmodel import BASE_URL_TOKEN, INSTANCE_URL_TOKEN, BulkRef, JsonBuilder
@@ -33,6 +33,9 @@ DEFER_SIZE = 64 * 1024
 _ITEM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE0DD
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
 DEFLATED = "1.2.840.10008.1.2.1.99"
+# Largest size a deflated data set may inflate to: pydicom inflates it whole, in memory, so a
+# few MB of zlib stream (a "deflate bomb") would otherwise take gigabytes.
+DEFLATED_MAX = 256 * 1024 * 1024
 
 # PS3.18 Table 10.5.3-2 / PS3.4 Annex B failure reasons used by ingest.
 CANNOT_UNDERSTAND = 0xC000
@@ -184,7 +187,10 @@ def _read_pixel_data(fp: BinaryIO, ds: Dataset, implicit: bool, little: bool, fi
 
 
 def _required_uid(json: dict[str, Any], tag: str, keyword: str) -> str:
-    value = json.get(tag, {}).get("Value", [None])[0]
+    values = json.get(tag, {}).get("Value", [None])
+    if len(values) > 1:  # "1.2.3\\4.5": the first value alone would name another instance
+        raise InvalidInstance(f"{keyword} has more than one value")
+    value = values[0]
     if value is None:
         raise InvalidInstance(f"{keyword} is missing")
     if not is_valid_uid(value):
@@ -199,6 +205,43 @@ def dataset_encoding(ts: str) -> tuple[bool, bool]:
     if uid.is_transfer_syntax:
         return uid.is_implicit_VR, uid.is_little_endian
     return False, True
+
+
+def _check_inflated_size(fp: BinaryIO, start: int, limit: int = DEFLATED_MAX) -> None:
+    """Inflate the deflated data set from ``start`` in bounded steps (nothing kept) and refuse it
+    if it is larger than ``limit``; zlib errors propagate (the caller refuses those too)."""
+    fp.seek(start)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    while not inflater.eof and (data := fp.read(1 << 16)):
+        while data:
+            total += len(inflater.decompress(data, 1 << 20))
+            if total > limit:
+                raise InvalidInstance(f"the deflated data set inflates to more than {limit} bytes")
+            data = inflater.unconsumed_tail
+
+
+class _TruncationCheck:
+    """The file as pydicom reads it, noting a read cut short by the end of the file: pydicom
+    takes a partial element header at the end for the end of the data set, and a value whose
+    length runs past the end for a shorter value, both silently."""
+
+    def __init__(self, fp: BinaryIO) -> None:
+        self._fp = fp
+        self.name = getattr(fp, "name", None)
+        self.short_read = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fp.read(size)
+        if 0 < size and 0 < len(data) < size:
+            self.short_read = True
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fp.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fp.tell()
 
 
 def _hash_range(fp: BinaryIO, start: int) -> str:
@@ -234,14 +277,24 @@ def parse_instance(path: str, threshold: int,
 
 def _parse(fp: BinaryIO, path: str, file_size: int, threshold: int,
            dataset_digest: tuple[int, str] | None) -> ParsedInstance:
-    ds = dcmread(fp, stop_before_pixels=True, defer_size=DEFER_SIZE)
+    # Where the data set starts: after the File Meta elements as read, not as their group
+    # length says (a wrong or missing group length would point the data set hash elsewhere).
+    fp.seek(132)
+    ts = str(_read_file_meta_info(fp).get("TransferSyntaxUID", "") or "")
+    dataset_offset = fp.tell()
+    if ts == DEFLATED:
+        _check_inflated_size(fp, dataset_offset)  # before pydicom inflates it in memory
+    fp.seek(0)
+    checked = _TruncationCheck(fp)
+    ds = dcmread(checked, stop_before_pixels=True, defer_size=DEFER_SIZE)
+    if checked.short_read or fp.tell() > file_size:
+        raise InvalidInstance("file truncated: an element runs past the end of the file")
     meta = ds.file_meta
     ts = str(meta.get("TransferSyntaxUID", "") or "")
     if not is_valid_uid(ts):
         raise InvalidInstance("File Meta has no valid TransferSyntaxUID")
     deflated = ts == DEFLATED
     pixel: PixelInfo | None = None
-    dataset_offset = 132 + 12 + int(meta.get("FileMetaInformationGroupLength", 0) or 0)
     if deflated:
         # The data set is one zlib stream: pydicom inflates it; offsets into it mean nothing.
         fp.seek(0)
@@ -261,6 +314,9 @@ def _parse(fp: BinaryIO, path: str, file_size: int, threshold: int,
     offsets_valid = not deflated and dataset_encoding(ts)[1]
     builder = JsonBuilder(threshold, offsets_valid)
     json = builder.dataset(ds, "", "latin_1")
+    for ref in builder.bulk.values():  # deferred values pydicom never read: check they fit
+        if ref.offset is not None and ref.offset + ref.length > file_size:
+            raise InvalidInstance("file truncated: an element runs past the end of the file")
     if pixel is not None:
         key = f"{pixel.tag:08X}"
         if pixel.length > builder.inline_max:
