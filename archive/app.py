@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import multiprocessing
 import os
@@ -20,13 +21,18 @@ from archive.index.db import create_engine, init_schema
 from archive.index.reader import IndexReader
 from archive.index.writer import IndexWriter
 from archive.ingest import Ingest
+from archive.limits import GATE, RequestGate
 from archive.pixels.codecpool import CodecPool, worker_count
 from archive.retrieve import Retriever
-from dimse.server import DimseServer
+from dimse.server import DimseServer, receive_dir_for
+from storage.base import BlobStore
 from storage.filesystem import FilesystemStore
 
 log = logging.getLogger("archive.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Makes the blob store from the configuration (tests inject a failing store through it).
+StoreFactory = Callable[[Config], BlobStore]
+_DIMSE = web.AppKey("dimse", DimseServer)  # the DIMSE listener, when it runs
 
 _CORS_HEADERS = "Accept, Authorization, Content-Type, Range"
 _CORS_EXPOSE = "Content-Type, Content-Length, Content-Range, Accept-Ranges, Warning, Location"
@@ -129,9 +135,13 @@ def _parse_pool_factory(cfg: Config) -> Callable[[], ProcessPoolExecutor] | None
     return lambda: ProcessPoolExecutor(n, mp_context=ctx, initializer=worker_init)
 
 
-async def _resources(app: web.Application) -> AsyncIterator[None]:
+def _filesystem_store(cfg: Config) -> BlobStore:
+    return FilesystemStore(cfg.storage_path)
+
+
+async def _resources(app: web.Application, store_factory: StoreFactory) -> AsyncIterator[None]:
     cfg: Config = app[keys.CONFIG]
-    store = FilesystemStore(cfg.storage_path)
+    store = store_factory(cfg)
     await store.start()
     engine = create_engine(cfg.database_url, cfg.database.echo)
     await init_schema(engine)
@@ -139,32 +149,49 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[keys.STORE] = store
     app[keys.ENGINE] = engine
     app[keys.READER] = IndexReader(engine)
-    ingest = Ingest(store, writer, cfg.ingest.bulk_data_threshold, _parse_pool_factory(cfg))
+    ingest = Ingest(store, writer, cfg.ingest.bulk_data_threshold, _parse_pool_factory(cfg),
+                    cfg.ingest.max_instance_size)
     app[keys.INGEST] = ingest
     codecs = CodecPool(worker_count(cfg.render.codec_processes))
     app[keys.CODECS] = codecs
     removed = await ingest.start()
     dimse: DimseServer | None = None
     if cfg.dimse.enabled:
-        dimse = DimseServer(cfg.dimse, ingest, engine, Retriever(engine, store))
+        # C-STORE data sets are received into a folder that start() empties after a crash.
+        dimse = DimseServer(cfg.dimse, ingest, engine, Retriever(engine, store),
+                            receive_dir=receive_dir_for(cfg.storage_path))
         dimse.start(asyncio.get_running_loop())
+        app[_DIMSE] = dimse
     if removed:
         log.warning("start-up: removed %d unindexed blob(s) of interrupted batches", removed)
     log.info("ready: storage=%s database=%s", cfg.storage_path, engine.url.render_as_string())
     yield
     if dimse is not None:
-        await asyncio.get_running_loop().run_in_executor(None, dimse.stop)
+        await dimse.shutdown(cfg.http.shutdown_timeout)
     await engine.dispose()
     store.close()
     ingest.close()
     codecs.close()
 
 
-def create_app(cfg: Config) -> web.Application:
-    app = web.Application(middlewares=[cors_middleware, error_middleware],
-                          client_max_size=1024 ** 4)
+async def stop_accepting(app: web.Application) -> None:
+    """The HTTP listener has just closed (serve's SIGTERM handling, else on_shutdown): the DIMSE
+    listener closes too, and its open associations get the same ``[http] shutdown_timeout`` as
+    in-flight HTTP requests. Idempotent."""
+    dimse = app.get(_DIMSE)
+    if dimse is not None:
+        dimse.begin_shutdown(app[keys.CONFIG].http.shutdown_timeout)
+
+
+def create_app(cfg: Config, store_factory: StoreFactory | None = None) -> web.Application:
+    """The application; ``store_factory`` replaces the configured blob store (for tests)."""
+    gate = RequestGate(cfg.http.max_concurrent_requests, cfg.http.max_request_size)
+    app = web.Application(middlewares=[cors_middleware, error_middleware, gate.middleware],
+                          client_max_size=cfg.http.max_request_size or 1024 ** 4)
     app[keys.CONFIG] = cfg
+    app[GATE] = gate
     app.on_response_prepare.append(_cors_headers)
-    app.cleanup_ctx.append(_resources)
+    app.on_shutdown.append(stop_accepting)
+    app.cleanup_ctx.append(functools.partial(_resources, store_factory=store_factory or _filesystem_store))
     _routes(app)
     return app

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
 
 from aiohttp import web
 
 from archive import __version__, config, logs
-from archive.app import create_app
+from archive.app import create_app, stop_accepting
+from archive.limits import GATE
 
 log = logging.getLogger("archive")
+
+# Seconds the cancelled requests get to unwind at the end of a shutdown.
+_CANCEL_WAIT = 2.0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -24,9 +30,38 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or cfg.http.port
     logs.setup(cfg.log.level, cfg.log.format)
     log.info("imaging-archive %s serving DICOMweb on http://%s:%d/dicom-web", __version__, host, port)
-    web.run_app(create_app(cfg), host=host, port=port, print=None, access_log=None,
-                shutdown_timeout=30)
+    asyncio.run(_run(create_app(cfg), host, port, cfg.http.shutdown_timeout))
     return 0
+
+
+async def _run(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully: stop listening (HTTP and DIMSE),
+    let in-flight requests finish for up to ``shutdown_timeout`` seconds, cancel the rest.
+
+    Not ``web.run_app``: its shutdown closes every connection for reading first (aiohttp drops
+    the data that arrives after), so an upload in flight could never complete."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=_CANCEL_WAIT)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        gate = app[GATE]
+        log.info("shutting down: %d request(s) in progress, waiting up to %g s",
+                 gate.active, shutdown_timeout)
+        await site.stop()
+        await stop_accepting(app)
+        if not await gate.drain(shutdown_timeout):
+            log.warning("shutdown: cancelling %d request(s) still running after %g s",
+                        gate.active, shutdown_timeout)
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:

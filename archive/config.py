@@ -28,6 +28,12 @@ class HttpConfig:
     cors_origins: list[str] = field(default_factory=list)
     # Public URL prefix for RetrieveURL/BulkDataURI when behind a proxy; "" = from each request.
     base_url: str = ""
+    # Seconds a stopping server (SIGTERM) gives in-flight requests and DIMSE associations.
+    shutdown_timeout: int = 30
+    # Largest request body in bytes (413 beyond it); 0 = no limit (STOW-RS streams to storage).
+    max_request_size: int = 0
+    # Requests handled at once; more get 503 with Retry-After (/healthz exempt); 0 = no limit.
+    max_concurrent_requests: int = 0
 
 
 @dataclass
@@ -84,12 +90,16 @@ class IngestConfig:
     # Processes that parse incoming instances beside the event loop; 0 (default) parses in
     # threads. -1: 1 on a machine with more than one CPU, else 0.
     parse_processes: int = 0
+    # Largest instance in bytes (as sent); a larger one fails with 0xA700; 0 = no limit.
+    max_instance_size: int = 0
 
 
 @dataclass
 class QidoConfig:
     # Most results one QIDO-RS response returns; beyond it a Warning header says the list was cut.
     max_results: int = 1000
+    # Seconds a QIDO-RS query may run before it is interrupted (503); 0 = no limit.
+    timeout: float = 30.0
 
 
 @dataclass
@@ -181,6 +191,10 @@ def _section(name: str, cls: type, values: Any) -> Any:
         if isinstance(default, int) and not isinstance(default, bool) and (
                 isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"[{name}] {key} must be an integer")
+        if isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"[{name}] {key} must be a number")
+        if isinstance(default, float):
+            value = float(value)
         if isinstance(default, str) and not isinstance(value, str):
             raise ConfigError(f"[{name}] {key} must be a string")
         if isinstance(default, list) and not (
@@ -241,6 +255,13 @@ def _validate(cfg: Config) -> None:
             check_ae_title(entry.split("@", 1)[0], f"[dimse.allow] {service} entry {entry!r}")
     if cfg.qido.max_results < 1:
         raise ConfigError("[qido] max_results must be at least 1")
+    if not 0 <= cfg.qido.timeout < float("inf"):
+        raise ConfigError("[qido] timeout must be 0 (no limit) or a number of seconds")
+    for what in ("shutdown_timeout", "max_request_size", "max_concurrent_requests"):
+        if getattr(cfg.http, what) < 0:
+            raise ConfigError(f"[http] {what} must not be negative")
+    if cfg.ingest.max_instance_size < 0:
+        raise ConfigError("[ingest] max_instance_size must not be negative")
     if cfg.ingest.parse_processes < -1:
         raise ConfigError("[ingest] parse_processes must be -1 (automatic), 0 or more")
     if cfg.ingest.bulk_data_threshold < 0:

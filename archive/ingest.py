@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import sqlite3
 import struct
 import uuid
 from collections.abc import AsyncIterable, Callable
@@ -155,8 +156,9 @@ class Ingest:
     :meth:`store_instance` does all three for one instance."""
 
     def __init__(self, store: BlobStore, writer: IndexWriter, bulk_data_threshold: int = 1024,
-                 pool_factory: Callable[[], Executor] | None = None) -> None:
+                 pool_factory: Callable[[], Executor] | None = None, max_instance_size: int = 0) -> None:
         self.store = store
+        self.max_size = max_instance_size  # bytes as sent; 0: no limit
         self.writer = writer
         self.threshold = bulk_data_threshold
         # Parsing is pure-Python CPU work: in a process pool it runs beside the event loop
@@ -207,6 +209,9 @@ class Ingest:
         ok = False
         try:
             async for chunk in chunks:
+                if self.max_size and blob.size + len(chunk) > self.max_size:
+                    return IngestResult(OUT_OF_RESOURCES, f"instance larger than the server's maximum "
+                                                          f"of {self.max_size} bytes")
                 await blob.write(chunk, digest.update)
             if blob.size == 0:  # refused here: nothing to parse (and no file to open)
                 return IngestResult(CANNOT_UNDERSTAND, "empty part: no DICOM data")
@@ -365,11 +370,13 @@ class Ingest:
     async def _index(self, durable: list[Prepared]) -> None:
         try:
             outcomes = await self.writer.add([p.record for p in durable])
-        except Exception:
+        except Exception as exc:
             log.exception("index transaction failed for %d instance(s)", len(durable))
+            full = _index_full(exc)
             for p in durable:
                 await self._drop(p.record.storage_key)
-                _failed(p.result, PROCESSING_FAILURE, "index error")
+                _failed(p.result, OUT_OF_RESOURCES if full else PROCESSING_FAILURE,
+                        "index storage full" if full else "index error")
             return
         for p, added in zip(durable, outcomes, strict=True):
             res = p.result
@@ -395,6 +402,13 @@ class Ingest:
             await self.store.delete(key)
         except Exception:  # a stray blob is never served; it only wastes space
             log.warning("could not delete unreferenced blob %s", key)
+
+
+def _index_full(exc: BaseException) -> bool:
+    """The index database ran out of space (SQLite: SQLITE_FULL, "database or disk is full")."""
+    orig = getattr(exc, "orig", None) or exc
+    return (getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or "database or disk is full" in str(orig))
 
 
 def _failed(result: IngestResult, status: int, message: str) -> IngestResult:

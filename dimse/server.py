@@ -8,13 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
+import hashlib
 import logging
+import os
 import socket
+import stat
+import tempfile
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from pydicom.uid import UID_dictionary
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, acse
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    _config,
+    acse,
+    dimse_messages,
+)
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -44,6 +58,41 @@ QUERY_RETRIEVE = (
 # C-STORE data sets go to a temporary file as they arrive instead of into memory, and the
 # handler gets its path: memory stays flat whatever the instance size.
 _config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def receive_dir_for(storage_path: Path) -> Path:
+    """Where C-STORE data sets are received: a folder of the system's temporary area named after
+    the storage folder.
+
+    pynetdicom deletes each received file after the C-STORE handler returns, but a server killed
+    (SIGKILL, power cut) while receiving or ingesting left it in the system temporary folder for
+    good (found by tests/test_crash_safety.py: one file per C-STORE in flight at the kill). A
+    folder the next start can find is emptied then (:func:`_receive_into`). Not the storage
+    volume: when that is full, ingest must still get the data set and answer 0xA700."""
+    digest = hashlib.sha256(str(Path(storage_path).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"imaging-archive-dimse-{digest}"
+
+
+def _receive_into(folder: Path | None) -> int:
+    """Have pynetdicom create its temporary files in ``folder`` (None: the system's folder),
+    after removing what a killed server left there; returns how many files were removed.
+    pynetdicom has no setting for the folder; it calls its module's NamedTemporaryFile."""
+    removed = 0
+    if folder is not None:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():  # someone else's: not ours
+            log.warning("not receiving C-STORE data sets in %s: not a folder of this user", folder)
+            folder = None
+        else:
+            for leftover in folder.iterdir():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+    dimse_messages.NamedTemporaryFile = (  # type: ignore[attr-defined]
+        tempfile.NamedTemporaryFile if folder is None
+        else functools.partial(tempfile.NamedTemporaryFile, dir=str(folder)))
+    return removed
+
 
 # Largest PDU we accept (PS3.8 D.3.3.2.1). pynetdicom's default, 16 kB, makes a sender cut a
 # 0.5 MB CT slice into 32 PDUs, each costing a pass of pynetdicom's Python receive loop.
@@ -143,16 +192,24 @@ def build_ae(cfg: DimseConfig, policy: AccessPolicy) -> AE:
 
 
 class DimseServer:
-    def __init__(self, cfg: DimseConfig, ingest: Ingest, engine: AsyncEngine, retriever: Retriever) -> None:
+    def __init__(self, cfg: DimseConfig, ingest: Ingest, engine: AsyncEngine, retriever: Retriever,
+                 receive_dir: Path | None = None) -> None:
         self.cfg = cfg
+        self.receive_dir = receive_dir  # where C-STORE data sets are received (receive_dir_for)
         self.policy = AccessPolicy({"store": cfg.allow.store, "query": cfg.allow.query,
                                     "retrieve": cfg.allow.retrieve})
         self.ingest = ingest
         self.engine = engine
         self.retriever = retriever
         self._server: Any = None
+        self._stop_lock = threading.Lock()
+        self._accepting_stopped = False
+        self._stopping: asyncio.Future[None] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        removed = _receive_into(self.receive_dir)
+        if removed:
+            log.warning("removed %d leftover C-STORE temporary file(s) of an interrupted run", removed)
         ae = build_ae(self.cfg, self.policy)
         bridge = Bridge(loop, timeout=max(self.cfg.dimse_timeout, 60) * 10)
         handlers = ArchiveHandlers(self.cfg, bridge, self.ingest, self.engine, self.retriever, self.policy)
@@ -167,7 +224,41 @@ class DimseServer:
         self._server = server
         log.info("DIMSE listening as %s on %s:%d", self.cfg.ae_title, self.cfg.host, self.cfg.port)
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+    def stop(self, timeout: float = 0) -> None:
+        """Stop accepting associations (the listening socket closes: new ones are refused), let
+        the open ones finish for up to ``timeout`` seconds, then abort the rest. Blocking: run
+        it in an executor (the associations' handlers need the event loop meanwhile)."""
+        server = self._server
+        if server is None:
+            return
+        with self._stop_lock:
+            if not self._accepting_stopped:
+                server.shutdown()
+                self._accepting_stopped = True
+        deadline = time.monotonic() + timeout
+        while (active := server.active_associations) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if active:
+            log.warning("shutdown: aborting %d DIMSE association(s) still open after %g s",
+                        len(active), timeout)
+            for assoc in active:
+                assoc.abort()
+        for assoc in active:
+            assoc.join(5)
+        self._server = None
+        if self.receive_dir is not None:  # a clean stop leaves no empty folder behind either
+            try:
+                self.receive_dir.rmdir()
+            except OSError:  # not empty (an aborted receive), gone, or not ours: next start
+                pass
+
+    def begin_shutdown(self, timeout: float) -> None:
+        """Start :meth:`stop` in the background (with the HTTP listener's shutdown)."""
+        if self._stopping is None and self._server is not None:
+            self._stopping = asyncio.get_running_loop().run_in_executor(None, self.stop, timeout)
+
+    async def shutdown(self, timeout: float) -> None:
+        """:meth:`begin_shutdown` if not done yet, and wait until the listener has stopped."""
+        self.begin_shutdown(timeout)
+        if self._stopping is not None:
+            await self._stopping

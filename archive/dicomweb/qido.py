@@ -9,7 +9,7 @@ from archive.dicomweb.media import base_url, json_response, parse_accept, uid_pa
 from archive.query.attributes import Level
 from archive.query.model import QueryError
 from archive.query.params import parse_qido
-from archive.query.run import search
+from archive.query.run import QueryTimeout, search
 
 _JSON_TYPES = ("application/dicom+json", "application/json", "*/*", "application/*")
 
@@ -27,7 +27,13 @@ async def _search(request: web.Request, level: Level, fixed: dict[str, str]) -> 
         raise web.HTTPBadRequest(text=str(exc)) from None
     maximum = request.app[keys.CONFIG].qido.max_results
     limit = min(query.limit, maximum) if query.limit is not None else maximum
-    found = await search(request.app[keys.ENGINE], query, limit, base_url(request))
+    timeout = request.app[keys.CONFIG].qido.timeout
+    try:
+        found = await search(request.app[keys.ENGINE], query, limit, base_url(request), timeout)
+    except QueryTimeout:
+        raise web.HTTPServiceUnavailable(
+            text=f"the search took longer than the server's limit of {timeout:g} s and was stopped; "
+                 "narrow it (more matching keys, a smaller limit)") from None
     headers: dict[str, str] = {}
     if found.more and (query.limit is None or query.limit > maximum):
         # PS3.18 §10.6.3.3.1: the result was cut at the server's maximum.

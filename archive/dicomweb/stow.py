@@ -17,6 +17,7 @@ from archive import keys
 from archive.dicomweb.media import base_url, json_response, parse_media_type, uid_param, warning_header
 from archive.dicomweb.multipart import MultipartError, MultipartReader
 from archive.ingest import CANNOT_UNDERSTAND, Expected, Ingest, IngestResult, Prepared
+from archive.limits import GATE
 
 log = logging.getLogger("archive.stow")
 
@@ -64,7 +65,7 @@ async def _receive(request: web.Request, ingest: Ingest, study: str | None,
     Parts are received one after the other (the body is one stream), but each one's parsing runs
     while the next arrives, and a batch is made durable and indexed together.
     """
-    reader = MultipartReader(request.content, boundary, _CHUNK)
+    reader = MultipartReader(request.app[GATE].body(request), boundary, _CHUNK)
     expected = Expected(study_uid=study) if study else None
     results: list[IngestResult | None] = []
     pending: list[tuple[int, asyncio.Task[Prepared | IngestResult]]] = []
