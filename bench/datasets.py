@@ -293,9 +293,9 @@ def _random_date(rng: random.Random, first: dt.date, last: dt.date) -> str:
     return (first + dt.timedelta(days=rng.randint(0, (last - first).days))).strftime("%Y%m%d")
 
 
-def _plan_tiny(count: int, seed: int) -> list[StudyRecord]:
+def _plan_tiny(count: int, seed: int, pid_prefix: str = "PID") -> list[StudyRecord]:
     rng = random.Random(seed)
-    patients = [(f"PID{p:07d}", f"{rng.choice(FAMILY_NAMES)}^{rng.choice(GIVEN_NAMES)}")
+    patients = [(f"{pid_prefix}{p:07d}", f"{rng.choice(FAMILY_NAMES)}^{rng.choice(GIVEN_NAMES)}")
                 for p in range(max(10, count // 50))]
     studies: list[StudyRecord] = []
     remaining = count
@@ -374,14 +374,17 @@ def _write_tiny(path: Path, studies: list[StudyRecord]) -> int:
     return total
 
 
-def tiny_set(cache: Path, count: int, seed: int = 7) -> TinySet:
-    """The tiny set of ``count`` instances, generated into ``cache`` unless already there."""
+def tiny_set(cache: Path, count: int, seed: int = 7, pid_prefix: str = "PID") -> TinySet:
+    """The tiny set of ``count`` instances, generated into ``cache`` unless already there. Another
+    ``seed`` gives other study/series UIDs; another ``pid_prefix`` other patient IDs too (a second set
+    stored beside the first then shares no patient with it)."""
     cache.mkdir(parents=True, exist_ok=True)
-    stem = cache / f"tiny-{CACHE_VERSION}-{count}-s{seed}"
+    label = "" if pid_prefix == "PID" else f"-{pid_prefix}"
+    stem = cache / f"tiny-{CACHE_VERSION}{label}-{count}-s{seed}"
     blob, catalog = stem.with_suffix(".bin"), stem.with_suffix(".json")
     if not catalog.exists() or not blob.exists():
         print(f"  generating {count:,} tiny instances into {blob} ...", flush=True)
-        studies = _plan_tiny(count, seed)
+        studies = _plan_tiny(count, seed, pid_prefix)
         total = _write_tiny(blob, studies)
         _write_json(catalog, {"total_bytes": total, "studies": [asdict(s) for s in studies]})
     meta = json.loads(catalog.read_text())

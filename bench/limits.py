@@ -2,6 +2,7 @@
 
 * write+fsync: files the size of one CT instance written to a temporary name, fsync'd and renamed
   into place, in a folder on the same file system as the server's data dir; 1 and N writers.
+* disk read: the files of a write probe read back after ``posix_fadvise(DONTNEED)`` (``read_probe``).
 * loopback GET: one large file served by ``fileserver.py`` (aiohttp ``web.FileResponse``) and
   downloaded with ``httpclient.download``, the same code that times the WADO-RS retrieve.
 """
@@ -64,8 +65,10 @@ def _writer(folder: Path, data: bytes, prefix: str, max_files: int, deadline: fl
     return written
 
 
-def fsync_probe(folder: Path, file_bytes: int, writers: int, seconds: float, max_files: int) -> FsyncResult:
-    """Durable writes of ``file_bytes`` each from ``writers`` threads for about ``seconds``."""
+def fsync_probe(folder: Path, file_bytes: int, writers: int, seconds: float, max_files: int,
+                keep: bool = False) -> FsyncResult:
+    """Durable writes of ``file_bytes`` each from ``writers`` threads for about ``seconds``.
+    ``keep``: leave the files in ``folder`` (for ``read_probe``); the caller removes them."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     data = os.urandom(file_bytes)
@@ -75,8 +78,56 @@ def fsync_probe(folder: Path, file_bytes: int, writers: int, seconds: float, max
                    for w in range(writers)]
         files = sum(f.result() for f in futures)
     elapsed = time.perf_counter() - start
-    shutil.rmtree(folder, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
     return FsyncResult(writers, files, file_bytes, elapsed)
+
+
+@dataclass
+class ReadResult:
+    readers: int
+    files: int
+    bytes: int
+    seconds: float
+    dropped: bool  # the page cache was told to drop the files first (posix_fadvise DONTNEED)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds else 0.0
+
+
+def _drop_cached(path: Path) -> bool:
+    """Ask the kernel to drop ``path``'s clean pages from the page cache (they are fsynced: clean)."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _read_whole(paths: list[Path]) -> int:
+    total = 0
+    buf = bytearray(1 << 20)
+    for path in paths:
+        with path.open("rb", buffering=0) as fh:
+            while n := fh.readinto(buf):
+                total += n
+    return total
+
+
+def read_probe(folder: Path, readers: int) -> ReadResult:
+    """Read back every file in ``folder`` (those ``fsync_probe(keep=True)`` wrote) after dropping them
+    from the page cache, with ``readers`` threads: the disk's read rate for the same bytes."""
+    paths = sorted(p for p in folder.iterdir() if p.is_file())
+    dropped = all([_drop_cached(p) for p in paths]) if paths else False
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=readers) as pool:
+        total = sum(pool.map(_read_whole, [paths[i::readers] for i in range(readers)]))
+    return ReadResult(readers, len(paths), total, time.perf_counter() - start, dropped)
 
 
 @dataclass

@@ -41,16 +41,13 @@ from typing import Any
 import aiohttp
 import datasets
 import pydicom
-import requests
-from procs import ManagedProcess, MemorySampler
+from procs import MemorySampler
 from pydicom.uid import JPEG2000Lossless
+from servers import ORTHANC_BIN, Archive, Orthanc, Target
 
-REPO = Path(__file__).resolve().parent.parent
 OCTET_ANY = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 OCTET_ELE = "multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
 DICOM_ELE = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
-ORTHANC_BIN = "/usr/sbin/Orthanc"
-ORTHANC_PLUGINS = "/usr/share/orthanc/plugins"
 
 
 @dataclass
@@ -88,75 +85,6 @@ def describe(files: list[Path]) -> Series:
         sops.append(str(ds.SOPInstanceUID))
         study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
     return Series(study, series, sops, files, sum(p.stat().st_size for p in files))
-
-
-# ------------------------------------------------------------------------------------------ servers
-
-
-class Target:
-    """A server under test: how to start it, store files, and name its DICOMweb root."""
-
-    name: str
-    base: str
-    proc: ManagedProcess
-
-    def store(self, files: list[Path]) -> None:
-        raise NotImplementedError
-
-
-class Archive(Target):
-    name = "imaging-archive"
-
-    def __init__(self, run_dir: Path, port: int, codec_processes: int | None = None) -> None:
-        self.base = f"http://127.0.0.1:{port}/dicom-web"
-        render = "" if codec_processes is None else f"[render]\ncodec_processes = {codec_processes}\n"
-        config = run_dir / "archive.toml"
-        config.write_text(
-            f'[http]\nhost = "127.0.0.1"\nport = {port}\n'
-            f'[storage]\npath = {json.dumps(str(run_dir / "files"))}\n'
-            f'[database]\nurl = {json.dumps("sqlite+aiosqlite:///" + str(run_dir / "index.db"))}\n'
-            '[dimse]\nenabled = false\n[log]\nlevel = "warning"\n' + render)
-        argv = [sys.executable, "-m", "archive", "serve", "--config", str(config)]
-        self.proc = ManagedProcess(self.name, argv, REPO, run_dir / "server.log",
-                                   f"http://127.0.0.1:{port}/healthz")
-
-    def store(self, files: list[Path]) -> None:
-        boundary = "benchpixelsboundary"
-        for i in range(0, len(files), 25):
-            parts = [p.read_bytes() for p in files[i:i + 25]]
-            body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + d + b"\r\n"
-                            for d in parts) + f"--{boundary}--\r\n".encode()
-            r = requests.post(self.base + "/studies", data=body, timeout=600, headers={
-                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                "Accept": "application/dicom+json"})
-            if r.status_code != 200:
-                raise RuntimeError(f"STOW to {self.name} answered {r.status_code}: {r.text[:300]}")
-
-
-class Orthanc(Target):
-    name = "Orthanc"
-
-    def __init__(self, run_dir: Path, port: int, dicom_port: int) -> None:
-        self.rest = f"http://127.0.0.1:{port}"
-        self.base = self.rest + "/dicom-web"
-        folder = run_dir / "orthanc"
-        folder.mkdir(parents=True, exist_ok=True)
-        config = folder / "orthanc.json"
-        config.write_text(json.dumps({
-            "Name": "bench", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-            "HttpPort": port, "DicomPort": dicom_port, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "Plugins": [ORTHANC_PLUGINS],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "Gdcm": {"Enable": True}, "ConcurrentJobs": 2, "HttpCompressionEnabled": False}))
-        self.proc = ManagedProcess(self.name, [ORTHANC_BIN, str(config)], folder, folder / "orthanc.log",
-                                   f"{self.rest}/system")
-
-    def store(self, files: list[Path]) -> None:
-        with requests.Session() as http:
-            for path in files:
-                r = http.post(self.rest + "/instances", data=path.read_bytes(), timeout=600)
-                if r.status_code != 200:
-                    raise RuntimeError(f"upload to Orthanc answered {r.status_code}: {r.text[:300]}")
 
 
 # ------------------------------------------------------------------------------------------ measures
