@@ -22,6 +22,7 @@ from archive.index.reader import IndexReader
 from archive.index.writer import IndexWriter
 from archive.ingest import Ingest
 from archive.limits import GATE, RequestGate
+from archive.pixels.cache import ThumbnailCache
 from archive.pixels.codecpool import CodecPool, worker_count
 from archive.retrieve import Retriever
 from dimse.server import DimseServer, receive_dir_for
@@ -80,6 +81,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status >= 400:
             log.info("%s %s -> %d %s", request.method, request.path, exc.status, exc.text)
+        raise
+    except ConnectionResetError as exc:
+        # The client went away (or was cut by [http] read_timeout): nobody to answer.
+        log.info("%s %s: client connection lost (%s)", request.method, request.path, exc)
         raise
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
@@ -159,11 +164,15 @@ async def _resources(app: web.Application, store_factory: StoreFactory) -> Async
     if cfg.dimse.enabled:
         # C-STORE data sets are received into a folder that start() empties after a crash.
         dimse = DimseServer(cfg.dimse, ingest, engine, Retriever(engine, store),
-                            receive_dir=receive_dir_for(cfg.storage_path))
+                            receive_dir=receive_dir_for(cfg.storage_path), find_timeout=cfg.qido.timeout)
         dimse.start(asyncio.get_running_loop())
         app[_DIMSE] = dimse
     if removed:
         log.warning("start-up: removed %d unindexed blob(s) of interrupted batches", removed)
+    if cfg.render.thumbnail_cache:
+        stale = await asyncio.to_thread(ThumbnailCache(cfg.thumbnail_cache_path).remove_temp_files)
+        if stale:
+            log.warning("start-up: removed %d half-written thumbnail(s) from the cache", stale)
     log.info("ready: storage=%s database=%s", cfg.storage_path, engine.url.render_as_string())
     yield
     if dimse is not None:

@@ -13,6 +13,7 @@ from aiohttp import web
 from archive import __version__, config, logs
 from archive.app import create_app, stop_accepting
 from archive.limits import GATE
+from archive.readtimeout import AppRunner
 
 log = logging.getLogger("archive")
 
@@ -30,18 +31,19 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or cfg.http.port
     logs.setup(cfg.log.level, cfg.log.format)
     log.info("imaging-archive %s serving DICOMweb on http://%s:%d/dicom-web", __version__, host, port)
-    asyncio.run(_run(create_app(cfg), host, port, cfg.http.shutdown_timeout))
+    asyncio.run(_run(create_app(cfg), host, port, cfg.http.shutdown_timeout, cfg.http.read_timeout))
     return 0
 
 
-async def _run(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
+async def _run(app: web.Application, host: str, port: int, shutdown_timeout: float,
+               read_timeout: float = 0.0) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully: stop listening (HTTP and DIMSE),
     let in-flight requests finish for up to ``shutdown_timeout`` seconds, cancel the rest.
 
     Not ``web.run_app``: its shutdown closes every connection for reading first (aiohttp drops
     the data that arrives after), so an upload in flight could never complete."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=_CANCEL_WAIT)
+    runner = AppRunner(app, access_log=None, handle_signals=False,
+                       shutdown_timeout=_CANCEL_WAIT, read_timeout=read_timeout)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

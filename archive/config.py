@@ -34,6 +34,9 @@ class HttpConfig:
     max_request_size: int = 0
     # Requests handled at once; more get 503 with Retry-After (/healthz exempt); 0 = no limit.
     max_concurrent_requests: int = 0
+    # Seconds without a byte from a client in the middle of a request (headers or body) before
+    # its connection is closed (slow clients); an idle timeout, not a total. 0 = never.
+    read_timeout: float = 60.0
 
 
 @dataclass
@@ -257,6 +260,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[qido] max_results must be at least 1")
     if not 0 <= cfg.qido.timeout < float("inf"):
         raise ConfigError("[qido] timeout must be 0 (no limit) or a number of seconds")
+    if not 0 <= cfg.http.read_timeout < float("inf"):
+        raise ConfigError("[http] read_timeout must be 0 (no limit) or a number of seconds")
     for what in ("shutdown_timeout", "max_request_size", "max_concurrent_requests"):
         if getattr(cfg.http, what) < 0:
             raise ConfigError(f"[http] {what} must not be negative")
