@@ -30,6 +30,27 @@ class ThumbnailCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / key
 
+    def remove_temp_files(self) -> int:
+        """Delete the ``.tmp-*`` files a killed server left half-written (call at start-up, when
+        no write is in progress); returns how many."""
+        removed = 0
+        try:
+            folders = [d for d in self.root.iterdir() if d.is_dir()]
+        except OSError:  # no cache yet
+            return 0
+        for folder in folders:
+            try:
+                leftovers = list(folder.glob(".tmp-*"))
+            except OSError:
+                continue
+            for tmp in leftovers:
+                try:
+                    tmp.unlink()
+                    removed += 1
+                except OSError as exc:
+                    log.warning("thumbnail cache: cannot remove %s: %s", tmp, exc)
+        return removed
+
     def get(self, key: str) -> bytes | None:
         try:
             data = self.path(key).read_bytes()
