@@ -9,8 +9,10 @@ C-STORE calls the ingest pipeline, C-FIND the shared search, C-MOVE/C-GET the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +34,7 @@ from archive.config import DimseConfig
 from archive.ingest import Expected, Ingest
 from archive.query.cfind import PATIENT_ROOT, STUDY_ROOT, FindRequest, parse_identifier, to_identifier
 from archive.query.model import QueryError
-from archive.query.run import search
+from archive.query.run import QueryTimeout, search
 from archive.retrieve import Retriever
 from dimse.policy import AccessPolicy, Caller
 
@@ -104,8 +106,9 @@ class Bridge:
 
 class ArchiveHandlers:
     def __init__(self, cfg: DimseConfig, bridge: Bridge, ingest: Ingest, engine: AsyncEngine,
-                 retriever: Retriever, policy: AccessPolicy) -> None:
+                 retriever: Retriever, policy: AccessPolicy, find_timeout: float = 0) -> None:
         self.cfg = cfg
+        self.find_timeout = find_timeout  # [qido] timeout: one query model, one limit
         self.bridge = bridge
         self.ingest = ingest
         self.engine = engine
@@ -117,7 +120,21 @@ class ArchiveHandlers:
                 (evt.EVT_C_FIND, self.on_find), (evt.EVT_C_MOVE, self.on_move),
                 (evt.EVT_C_GET, self.on_get), (evt.EVT_ACCEPTED, self._on_association),
                 (evt.EVT_REJECTED, self._on_association), (evt.EVT_RELEASED, self._on_association),
-                (evt.EVT_ABORTED, self._on_association)]
+                (evt.EVT_ABORTED, self._on_association), (evt.EVT_CONN_CLOSE, self._on_close)]
+
+    @staticmethod
+    def _on_close(event: Event) -> None:
+        """Delete the temporary file of a C-STORE data set the connection ended in the middle of
+        (A-ABORT, dropped connection): pynetdicom removes it only after a complete C-STORE."""
+        message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+        partial = getattr(message, "_data_set_file", None)
+        if partial is None:
+            return
+        with contextlib.suppress(OSError):
+            partial.close()
+        with contextlib.suppress(OSError):
+            os.unlink(partial.name)
+        log.info("c-store interrupted: the partly received data set was discarded")
 
     def _on_association(self, event: Event) -> None:
         caller = _caller(event)
@@ -164,7 +181,13 @@ class ArchiveHandlers:
                 yield CANCEL, None
                 return
             query = dataclasses.replace(req.query, offset=offset)
-            found = self.bridge.call(search(self.engine, query, _FIND_PAGE, ""))
+            try:
+                found = self.bridge.call(search(self.engine, query, _FIND_PAGE, "", self.find_timeout))
+            except QueryTimeout as exc:
+                # PS3.4 C.4.1.1.4 (Table C.4-1): A700 Refused: Out of Resources.
+                log.warning("c-find interrupted: %s (calling %s)", exc, caller.ae_title)
+                yield _status(OUT_OF_RESOURCES, str(exc)), None
+                return
             for doc in found.docs:
                 if event.is_cancelled:
                     yield CANCEL, None

@@ -130,6 +130,34 @@ def _create_socket_nodelay(self: AssociationSocket, address: Any) -> socket.sock
 # socket-option hook: this wraps its socket factory, keeping everything else as it is.
 AssociationSocket._create_socket = _create_socket_nodelay  # type: ignore[method-assign]
 
+# The largest PDU a peer may send us: our Maximum Length Received (PS3.8 §9.3.1, §D.1; a peer must
+# not exceed it) plus slack for PDU headers; an A-ASSOCIATE-RQ is far smaller. pynetdicom reads a
+# PDU's declared length whole into memory, so without this bound one connection declaring a 4 GB
+# PDU and trickling bytes would hold an association slot and grow the server towards 4 GB.
+MAX_PDU_IN = MAX_PDU + (64 << 10)
+_recv = AssociationSocket.recv
+
+
+def _recv_bounded(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    if nr_bytes > MAX_PDU_IN:
+        log.warning("DIMSE peer %s declared a PDU of %d bytes (more than %d): connection closed",
+                    getattr(self.socket, "getpeername", lambda: "?")(), nr_bytes, MAX_PDU_IN)
+        # OSError makes pynetdicom's reader report the transport closed (Evt17) and end the
+        # association; nothing of the PDU is read.
+        raise OSError(f"PDU length {nr_bytes} exceeds {MAX_PDU_IN}")
+    # pynetdicom waits for a PDU's remaining bytes on a socket without timeout, so a peer that
+    # stops mid-PDU (or sends a few stray bytes) held the connection for ever. Its own idle
+    # limit, the network timeout (no data for that long: abort), applies here too: the read
+    # then raises TimeoutError, an OSError, which pynetdicom treats as the transport closing.
+    sock, assoc = self.socket, getattr(self, "_assoc", None)
+    timeout = getattr(assoc, "network_timeout", None)
+    if sock is not None and timeout is not None and sock.gettimeout() is None:
+        sock.settimeout(timeout)
+    return _recv(self, nr_bytes)
+
+
+AssociationSocket.recv = _recv_bounded  # type: ignore[method-assign]
+
 
 def _all_transfer_syntaxes() -> list[str]:
     """pynetdicom's list plus the retired ones pydicom knows (e.g. JPEG processes 6/8, 10/12):
@@ -193,8 +221,9 @@ def build_ae(cfg: DimseConfig, policy: AccessPolicy) -> AE:
 
 class DimseServer:
     def __init__(self, cfg: DimseConfig, ingest: Ingest, engine: AsyncEngine, retriever: Retriever,
-                 receive_dir: Path | None = None) -> None:
+                 receive_dir: Path | None = None, find_timeout: float = 0) -> None:
         self.cfg = cfg
+        self.find_timeout = find_timeout
         self.receive_dir = receive_dir  # where C-STORE data sets are received (receive_dir_for)
         self.policy = AccessPolicy({"store": cfg.allow.store, "query": cfg.allow.query,
                                     "retrieve": cfg.allow.retrieve})
@@ -212,7 +241,8 @@ class DimseServer:
             log.warning("removed %d leftover C-STORE temporary file(s) of an interrupted run", removed)
         ae = build_ae(self.cfg, self.policy)
         bridge = Bridge(loop, timeout=max(self.cfg.dimse_timeout, 60) * 10)
-        handlers = ArchiveHandlers(self.cfg, bridge, self.ingest, self.engine, self.retriever, self.policy)
+        handlers = ArchiveHandlers(self.cfg, bridge, self.ingest, self.engine, self.retriever, self.policy,
+                                   self.find_timeout)
         open_services = self.policy.open_services()
         if open_services:
             log.warning("DIMSE %s open to every calling AE title (set [dimse.allow] to restrict)",

@@ -172,3 +172,44 @@ def test_limit_keys_defaults_and_validation() -> None:
                 {"qido": {"timeout": "10"}}, {"qido": {"timeout": True}}):
         with pytest.raises(ConfigError):
             from_dict(bad)
+
+
+async def test_runaway_c_find_is_interrupted_with_a700(aiohttp_client, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """C-FIND goes through the same search and the same [qido] timeout: an endless query is
+    interrupted and answered 0xA700 (Refused: Out of Resources, PS3.4 Table C.4-1)."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    client = await make_client(aiohttp_client, tmp_path, qido={"timeout": 0.3},
+                               dimse={"enabled": True, "port": port})
+    body, ctype = multipart([synth.instance()])
+    assert (await client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype})).status == 200
+    endless = text("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+                   "SELECT count(*) FROM c")
+    real = run.build_select
+
+    def find() -> list[int]:
+        ae = AE(ae_title="FINDSCU")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate("127.0.0.1", port, ae_title="IMAGING-ARCHIVE")
+        assert assoc.is_established
+        ident = Dataset()
+        ident.QueryRetrieveLevel = "STUDY"
+        ident.StudyInstanceUID = ""
+        try:
+            return [int(s.Status) for s, _ in
+                    assoc.send_c_find(ident, StudyRootQueryRetrieveInformationModelFind) if s]
+        finally:
+            assoc.release()
+
+    monkeypatch.setattr(run, "build_select", lambda query, limit: endless)
+    t0 = time.monotonic()
+    assert await asyncio.to_thread(find) == [0xA700]
+    assert time.monotonic() - t0 < 5
+    monkeypatch.setattr(run, "build_select", real)
+    assert await asyncio.to_thread(find) == [0xFF00, 0x0000]  # one match, then success
