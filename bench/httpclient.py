@@ -195,3 +195,37 @@ async def timed_get(http: aiohttp.ClientSession, url: str | URL, accept: str = D
     async with http.get(url, headers={"Accept": accept}) as resp:
         body = await resp.read()
         return resp.status, time.perf_counter() - start, body
+
+
+# ----------------------------------------------------------------------------- repeated requests
+
+RETRIEVE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+async def get_many(url: str, runs: int) -> list[tuple[int, float, bytes]]:
+    """``runs`` timed GETs of ``url``, one after another on one connection."""
+    async with session(1) as http:
+        return [await timed_get(http, url) for _ in range(runs)]
+
+
+async def retrieve_runs(url: str, runs: int) -> tuple[Download, list[Download]]:
+    """A WADO-RS retrieve with its parts counted (the checked run), then ``runs`` timed ones."""
+    async with session(1) as http:
+        checked = await download(http, url, RETRIEVE_ACCEPT, count_parts=True)
+        timed = [await download(http, url, RETRIEVE_ACCEPT) for _ in range(runs)]
+    return checked, timed
+
+
+def check_metadata(status: int, body: bytes, expected: int) -> str | None:
+    """What is wrong with a /metadata answer of ``expected`` instances, or None."""
+    if status != 200:
+        return f"HTTP {status}: {body[:200]!r}"
+    try:
+        objs = json.loads(body)
+    except ValueError:
+        return f"not JSON: {body[:200]!r}"
+    if not isinstance(objs, list) or len(objs) != expected:
+        return f"{len(objs) if isinstance(objs, list) else type(objs).__name__} objects, {expected} expected"
+    if not all(isinstance(o, dict) and "00080018" in o for o in objs):
+        return "some objects lack SOPInstanceUID (00080018)"
+    return None

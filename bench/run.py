@@ -54,7 +54,7 @@ import requests
 from procs import ManagedProcess, MemorySampler, ProcessError
 
 REPO = Path(__file__).resolve().parent.parent
-RETRIEVE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+RETRIEVE_ACCEPT = httpclient.RETRIEVE_ACCEPT
 TARGET_QIDO_P95_MS = 50.0
 TARGET_METADATA_MS = 150.0
 TARGET_STOW_SHARE = 0.90
@@ -512,9 +512,9 @@ class Bench:
         n, runs = ct.big_count, self.sizes.metadata_runs
         report.section(f"6. WADO-RS /metadata of the {n}-instance series (first run + {runs})")
         path = f"/studies/{ct.big_study_uid}/series/{ct.big_series_uid}/metadata"
-        answers = asyncio.run(_get_many(self.base + path, runs + 1))
+        answers = asyncio.run(httpclient.get_many(self.base + path, runs + 1))
         for status, _, body in (answers[0], answers[-1]):
-            problem = _check_metadata(status, body, n)
+            problem = httpclient.check_metadata(status, body, n)
             if problem:
                 self.problems.append(f"metadata: GET /dicom-web{path} -> {status}: {problem}")
         first_ms, rest_ms = answers[0][1] * 1000, [a[1] * 1000 for a in answers[1:]]
@@ -529,7 +529,7 @@ class Bench:
         report.section(f"7. WADO-RS retrieve of the {ct.big_count}-instance series "
                        f"({ct.big_bytes / 1e6:.0f} MB; 1 checked run + {runs} timed)")
         url = f"{self.base}/studies/{ct.big_study_uid}/series/{ct.big_series_uid}"
-        check, timed = asyncio.run(_retrieve_runs(url, runs))
+        check, timed = asyncio.run(httpclient.retrieve_runs(url, runs))
         problem = _check_retrieve(check, ct.big_count, ct.big_bytes)
         if problem:
             self.problems.append(f"retrieve: GET {url.split('/dicom-web')[1]} (Accept: {RETRIEVE_ACCEPT}) -> "
@@ -700,32 +700,6 @@ def _qido_dict(result: qido.QidoResult, total: int) -> dict[str, Any]:
                "p95_ms": report.percentile(every, 95), "max_ms": max(every, default=float("nan"))}
     return {"instances": total, "kinds": kinds, "overall": overall, "wrong_answers": len(result.failures),
             "empty_204": result.empty, "failures": [asdict(f) for f in result.failures[:50]]}
-
-
-async def _get_many(url: str, runs: int) -> list[tuple[int, float, bytes]]:
-    async with httpclient.session(1) as http:
-        return [await httpclient.timed_get(http, url) for _ in range(runs)]
-
-
-async def _retrieve_runs(url: str, runs: int) -> tuple[httpclient.Download, list[httpclient.Download]]:
-    async with httpclient.session(1) as http:
-        checked = await httpclient.download(http, url, RETRIEVE_ACCEPT, count_parts=True)
-        timed = [await httpclient.download(http, url, RETRIEVE_ACCEPT) for _ in range(runs)]
-    return checked, timed
-
-
-def _check_metadata(status: int, body: bytes, expected: int) -> str | None:
-    if status != 200:
-        return body[:300].decode("utf-8", "replace")
-    try:
-        objs = json.loads(body)
-    except ValueError:
-        return f"not JSON: {body[:200]!r}"
-    if not isinstance(objs, list) or len(objs) != expected:
-        return f"{len(objs) if isinstance(objs, list) else type(objs).__name__} objects, {expected} expected"
-    if not all("00080018" in o for o in objs):
-        return "some objects lack SOPInstanceUID (00080018)"
-    return None
 
 
 def _check_retrieve(d: httpclient.Download, parts: int, min_bytes: int) -> str | None:

@@ -61,7 +61,7 @@ from pixels import OCTET_ANY, rate
 from procs import MemorySampler
 from run import file_batches, require_free_port, warm_page_cache
 
-RETRIEVE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+RETRIEVE_ACCEPT = httpclient.RETRIEVE_ACCEPT
 SCU_AE = "BENCHSCU"
 ARCHIVE, ORTHANC = servers.Archive.name, servers.Orthanc.name
 FSYNC_MAX_FILES = 8000
@@ -141,32 +141,6 @@ def study_counts(base: str, studies: list[datasets.StudyRecord]) -> list[str]:
             if str(got) != str(study.instances):
                 wrong.append(f"study {study.uid}: {got} instances, {study.instances} expected")
     return wrong
-
-
-def check_metadata(status: int, body: bytes, expected: int) -> str | None:
-    if status != 200:
-        return f"HTTP {status}: {body[:200]!r}"
-    try:
-        objs = json.loads(body)
-    except ValueError:
-        return f"not JSON: {body[:200]!r}"
-    if not isinstance(objs, list) or len(objs) != expected:
-        return f"{len(objs) if isinstance(objs, list) else type(objs).__name__} objects, {expected} expected"
-    if not all(isinstance(o, dict) and "00080018" in o for o in objs):
-        return "some objects lack SOPInstanceUID (00080018)"
-    return None
-
-
-async def _get_many(url: str, runs: int) -> list[tuple[int, float, bytes]]:
-    async with httpclient.session(1) as http:
-        return [await httpclient.timed_get(http, url) for _ in range(runs)]
-
-
-async def _retrieve_runs(url: str, runs: int) -> tuple[httpclient.Download, list[httpclient.Download]]:
-    async with httpclient.session(1) as http:
-        checked = await httpclient.download(http, url, RETRIEVE_ACCEPT, count_parts=True)
-        timed = [await httpclient.download(http, url, RETRIEVE_ACCEPT) for _ in range(runs)]
-    return checked, timed
 
 
 # ------------------------------------------------------------------------------------------- bench
@@ -434,9 +408,9 @@ class Versus:
 
         def one(t: servers.Target) -> dict[str, Any]:
             url = f"{t.base}/studies/{ct.big_study_uid}/series/{ct.big_series_uid}/metadata"
-            answers = asyncio.run(_get_many(url, runs + 1))
+            answers = asyncio.run(httpclient.get_many(url, runs + 1))
             for status, _, body in (answers[0], answers[-1]):
-                problem = check_metadata(status, body, ct.big_count)
+                problem = httpclient.check_metadata(status, body, ct.big_count)
                 if problem:
                     self.problems.append(f"{t.name} metadata: {problem}")
                     break
@@ -455,7 +429,7 @@ class Versus:
 
         def one(t: servers.Target) -> dict[str, Any]:
             url = f"{t.base}/studies/{ct.big_study_uid}/series/{ct.big_series_uid}"
-            check, timed = asyncio.run(_retrieve_runs(url, runs))
+            check, timed = asyncio.run(httpclient.retrieve_runs(url, runs))
             if check.status != 200 or check.parts != ct.big_count or check.bytes < ct.big_bytes:
                 self.problems.append(f"{t.name} retrieve: HTTP {check.status}, {check.parts} parts, "
                                      f"{check.bytes:,} bytes; {ct.big_count} parts >= {ct.big_bytes:,} "

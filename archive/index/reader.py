@@ -36,6 +36,9 @@ def _scope(stmt: Select, study: str, series_uid: str | None, sop: str | None) ->
     return stmt
 
 
+# The columns of a StoredInstance, in its field order.
+_STORED = (studies.c.study_uid, series.c.series_uid, instances.c.sop_uid, instances.c.sop_class_uid,
+           instances.c.transfer_syntax_uid, instances.c.storage_key, instances.c.size)
 _FROM = instances.join(series, instances.c.series_pk == series.c.pk).join(
     studies, series.c.study_pk == studies.c.pk)
 _ORDER = (series.c.series_number, series.c.pk, instances.c.instance_number, instances.c.pk)
@@ -52,9 +55,7 @@ class PixelSource:
 
 
 def _instances_stmt(by_series: bool, by_sop: bool) -> Select:
-    stmt = select(studies.c.study_uid, series.c.series_uid, instances.c.sop_uid,
-                  instances.c.sop_class_uid, instances.c.transfer_syntax_uid,
-                  instances.c.storage_key, instances.c.size).select_from(_FROM)
+    stmt = select(*_STORED).select_from(_FROM)
     stmt = stmt.where(studies.c.study_uid == bindparam("study"))
     if by_series:
         stmt = stmt.where(series.c.series_uid == bindparam("series"))
@@ -98,9 +99,7 @@ class IndexReader:
     async def bulk(self, study: str, series_uid: str, sop: str,
                    path: str) -> tuple[StoredInstance, list[int | None]] | None:
         """The instance and ``[offset|None, length]`` of one bulk value, if it exists."""
-        stmt = _scope(select(studies.c.study_uid, series.c.series_uid, instances.c.sop_uid,
-                             instances.c.sop_class_uid, instances.c.transfer_syntax_uid,
-                             instances.c.storage_key, instances.c.size, instances.c.bulk)
+        stmt = _scope(select(*_STORED, instances.c.bulk)
                       .select_from(_FROM), study, series_uid, sop)
         async with self.engine.connect() as conn:
             row = (await conn.execute(stmt)).first()
@@ -114,10 +113,8 @@ class IndexReader:
     async def pixel_source(self, study: str, series_uid: str | None,
                            sop: str | None) -> list[PixelSource]:
         """Instances in scope with their pixel data positions and DICOM JSON, in retrieve order."""
-        stmt = _scope(select(studies.c.study_uid, series.c.series_uid, instances.c.sop_uid,
-                             instances.c.sop_class_uid, instances.c.transfer_syntax_uid,
-                             instances.c.storage_key, instances.c.size, instances.c.pixel,
-                             instances.c.meta_json).select_from(_FROM), study, series_uid, sop)
+        stmt = _scope(select(*_STORED, instances.c.pixel, instances.c.meta_json).select_from(_FROM),
+                      study, series_uid, sop)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt.order_by(*_ORDER))).all()
         if sum(len(row.meta_json) for row in rows) <= 16 << 10:
@@ -131,10 +128,8 @@ class IndexReader:
         """Instances in scope with their indexed Rows (0: none, not an image) and Number of
         Frames (at least 1), in retrieve order: what rendering needs to pick instances and
         frames without reading any stored metadata."""
-        stmt = _scope(select(studies.c.study_uid, series.c.series_uid, instances.c.sop_uid,
-                             instances.c.sop_class_uid, instances.c.transfer_syntax_uid,
-                             instances.c.storage_key, instances.c.size, instances.c.rows,
-                             instances.c.number_of_frames).select_from(_FROM), study, series_uid, sop)
+        stmt = _scope(select(*_STORED, instances.c.rows, instances.c.number_of_frames).select_from(_FROM),
+                      study, series_uid, sop)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt.order_by(*_ORDER))).all()
         return [(StoredInstance(*row[:7]), row[7] or 0, max(1, row[8] or 1))
