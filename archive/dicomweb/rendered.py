@@ -265,10 +265,11 @@ async def render_one(request: web.Request, inst: StoredInstance, index: int,
                      params: RenderParams) -> bytes:
     """One frame of one instance, encoded (RenderError when it cannot be rendered). With codec
     worker processes and a store with local files, the whole of it (read, decode, window,
-    encode) runs in a worker: decoding and JPEG encoding would otherwise share one core."""
+    encode) runs in a worker: decoding and JPEG encoding would otherwise share one core.
+    Without workers the same call runs in a thread, so both modes render with one function."""
     codecs = request.app[keys.CODECS]
     path = request.app[keys.STORE].local_path(inst.storage_key)
-    if codecs.processes and path is not None:
+    if path is not None:
         data = await codecs.run(render.render_file_frame, path, inst.transfer_syntax_uid, index, params)
     else:
         stream = FrameStream(request, inst, [index], params)
