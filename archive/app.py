@@ -15,9 +15,8 @@ from aiohttp import web
 
 from archive import keys
 from archive.config import Config
-from archive.dicom.part10 import worker_init
 from archive.dicomweb import frames, qido, rendered, stow, wado
-from archive.index.db import create_engine, init_schema
+from archive.index.db import create_engine, init_schema, sync_writer_engine
 from archive.index.reader import IndexReader
 from archive.index.writer import IndexWriter
 from archive.ingest import Ingest
@@ -25,6 +24,7 @@ from archive.limits import GATE, RequestGate
 from archive.pixels.cache import ThumbnailCache
 from archive.pixels.codecpool import CodecPool, worker_count
 from archive.retrieve import Retriever
+from archive.workers import init_worker
 from dimse.server import DimseServer, receive_dir_for
 from storage.base import BlobStore
 from storage.filesystem import FilesystemStore
@@ -137,7 +137,8 @@ def _parse_pool_factory(cfg: Config) -> Callable[[], ProcessPoolExecutor] | None
     # the preload makes a (re)started worker ready without importing pydicom again.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["archive.dicom.part10"])
-    return lambda: ProcessPoolExecutor(n, mp_context=ctx, initializer=worker_init)
+    server = os.getpid()
+    return lambda: ProcessPoolExecutor(n, mp_context=ctx, initializer=init_worker, initargs=(server,))
 
 
 def _filesystem_store(cfg: Config) -> BlobStore:
@@ -150,7 +151,7 @@ async def _resources(app: web.Application, store_factory: StoreFactory) -> Async
     await store.start()
     engine = create_engine(cfg.database_url, cfg.database.echo)
     await init_schema(engine)
-    writer = IndexWriter(engine, cfg.ingest.duplicate_policy)
+    writer = IndexWriter(engine, cfg.ingest.duplicate_policy, sync_writer_engine(engine))
     app[keys.STORE] = store
     app[keys.ENGINE] = engine
     app[keys.READER] = IndexReader(engine)
@@ -180,6 +181,7 @@ async def _resources(app: web.Application, store_factory: StoreFactory) -> Async
     await engine.dispose()
     store.close()
     ingest.close()
+    writer.close()
     codecs.close()
 
 

@@ -36,6 +36,8 @@ log = logging.getLogger("archive.ingest")
 
 # Most instances one group commit takes (bounds the index transaction).
 _GROUP_MAX = 500
+# Group commits under way at once (see Ingest._commit_queued).
+_GROUPS_IN_FLIGHT = 2
 
 # Storage folder of the batch intents (see Ingest.recover); UIDs never start with a letter.
 JOURNAL = "journal"
@@ -285,26 +287,34 @@ class Ingest:
         return [p.result for p in prepared]
 
     async def _commit_queued(self) -> None:
+        """Take groups off the queue; up to ``_GROUPS_IN_FLIGHT`` at once, so one group's fsyncs
+        overlap the previous group's index transaction (the writer serializes those)."""
+        running: set[asyncio.Task[None]] = set()
         try:
-            while self._queue:
-                groups: list[tuple[list[Prepared], asyncio.Future[None]]] = []
-                size = 0
-                while self._queue and size < _GROUP_MAX:
-                    groups.append(self._queue.pop(0))
-                    size += len(groups[-1][0])
-                try:
-                    await self._commit_group([p for ps, _ in groups for p in ps])
-                except Exception as exc:  # the waiting callers get it; the loop goes on
-                    log.exception("group commit of %d instance(s) failed", size)
-                    for _, future in groups:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for _, future in groups:
-                    if not future.done():
-                        future.set_result(None)
+            while self._queue or running:
+                while self._queue and len(running) < _GROUPS_IN_FLIGHT:
+                    groups: list[tuple[list[Prepared], asyncio.Future[None]]] = []
+                    size = 0
+                    while self._queue and size < _GROUP_MAX:
+                        groups.append(self._queue.pop(0))
+                        size += len(groups[-1][0])
+                    running.add(asyncio.create_task(self._commit_groups(groups)))
+                _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._committing = False
+
+    async def _commit_groups(self, groups: list[tuple[list[Prepared], asyncio.Future[None]]]) -> None:
+        try:
+            await self._commit_group([p for ps, _ in groups for p in ps])
+        except Exception as exc:  # the waiting callers get it; the queue goes on
+            log.exception("group commit of %d instance(s) failed", sum(len(ps) for ps, _ in groups))
+            for _, future in groups:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for _, future in groups:
+            if not future.done():
+                future.set_result(None)
 
     async def _commit_group(self, prepared: list[Prepared]) -> None:
         try:

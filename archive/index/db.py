@@ -6,8 +6,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
 from sqlalchemy import event, insert, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from archive.index.schema import SCHEMA_VERSION, metadata, schema_info
@@ -42,6 +43,18 @@ def create_engine(url: str, echo: bool = False) -> AsyncEngine:
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def sync_writer_engine(engine: AsyncEngine) -> Engine | None:
+    """A synchronous engine on the same SQLite file, for the index writer's own thread (see
+    IndexWriter); None for other databases, whose async drivers need no thread hand-offs."""
+    url = engine.url
+    if engine.dialect.name != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    sync = sqlalchemy.create_engine(url.set(drivername="sqlite+pysqlite"), pool_size=1,
+                                    max_overflow=0, echo=engine.echo)
+    event.listen(sync, "connect", _sqlite_pragmas)
+    return sync
 
 
 async def init_schema(engine: AsyncEngine) -> None:

@@ -13,13 +13,15 @@ import asyncio
 import json
 from collections import ChainMap, defaultdict
 from collections.abc import MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archive.index.schema import instances, patients, series, studies
 from archive.index.values import column_values, normalize_pn
@@ -69,12 +71,21 @@ class _Deltas:
 
 
 _KNOWN_MAX = 20_000
+_IN_CHUNK = 500  # values per IN list (SQLite allows 32,766 bound parameters)
 
 
 class IndexWriter:
-    def __init__(self, engine: AsyncEngine, duplicate_policy: str = "reject") -> None:
+    """Serialized index transactions. The transaction itself is synchronous SQLAlchemy Core
+    code: on SQLite it runs whole in one thread of its own over ``sync_engine`` (one hand-off
+    per batch, instead of one per statement through the event loop, which is busy with the
+    uploads while ingest runs); on other engines through ``AsyncConnection.run_sync``."""
+
+    def __init__(self, engine: AsyncEngine, duplicate_policy: str = "reject",
+                 sync_engine: Engine | None = None) -> None:
         self.engine = engine
         self.duplicate_policy = duplicate_policy
+        self._sync_engine = sync_engine
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="index-writer") if sync_engine else None
         self._lock = asyncio.Lock()
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         # ("study"|"series", UID) -> pk of rows known to exist: saves three SELECTs per instance
@@ -89,8 +100,7 @@ class IndexWriter:
             # Lookups see the shared cache; what this transaction learns goes to the first map
             # and is shared only once the transaction has committed.
             cache: ChainMap[tuple[str, Any], int] = ChainMap({}, self._known)
-            async with self.engine.begin() as conn:
-                results, removed = await self._add(conn, records, cache)
+            results, removed = await self._transaction(records, cache)
             if removed:  # a series or study may be gone: forget everything
                 self._known.clear()
             else:
@@ -98,6 +108,26 @@ class IndexWriter:
                     self._known.clear()
                 self._known.update(cache.maps[0])
             return results
+
+    async def _transaction(self, records: list[InstanceRecord],
+                           cache: MutableMapping[tuple[str, Any], int]) -> tuple[list[AddResult], bool]:
+        if self._thread is None:
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(self._add, records, cache)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._add_in_thread, records, cache)
+
+    def _add_in_thread(self, records: list[InstanceRecord],
+                       cache: MutableMapping[tuple[str, Any], int]) -> tuple[list[AddResult], bool]:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            return self._add(conn, records, cache)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
 
     async def stored_keys(self, sop_uids: list[str]) -> set[str]:
         """The storage keys the index references for these instances."""
@@ -109,16 +139,16 @@ class IndexWriter:
                 keys.update(rows.scalars())
         return keys
 
-    async def _add(self, conn: AsyncConnection, records: list[InstanceRecord],
+    def _add(self, conn: Connection, records: list[InstanceRecord],
                    cache: MutableMapping[tuple[str, Any], int]) -> tuple[list[AddResult], bool]:
         uids = list({r.sop_uid for r in records})
-        rows = await conn.execute(
+        rows = conn.execute(
             select(instances.c.pk, instances.c.sop_uid, instances.c.sha256, instances.c.storage_key,
                    instances.c.series_pk, instances.c.size).where(instances.c.sop_uid.in_(uids)))
         existing = {row.sop_uid: row for row in rows}
         deltas = _Deltas()
         results: list[AddResult] = []
-        new_rows: list[dict[str, Any]] = []
+        accepted: list[InstanceRecord] = []
         pending: dict[str, InstanceRecord] = {}
         for rec in records:
             old = existing.get(rec.sop_uid)
@@ -136,18 +166,20 @@ class IndexWriter:
                 if self.duplicate_policy != "overwrite":
                     results.append(AddResult(Outcome.CONFLICT, rec.storage_key))
                     continue
-                await self._remove_instance(conn, old, deltas)
+                self._remove_instance(conn, old, deltas)
                 obsolete = old.storage_key
-            series_pk, study_pk = await self._series_for(conn, rec, cache, deltas)
-            new_rows.append(self._instance_row(rec, series_pk))
-            deltas.series_instances[series_pk] += 1
-            deltas.study_instances[study_pk] += 1
-            deltas.study_size[study_pk] += rec.size
+            accepted.append(rec)
             pending[rec.sop_uid] = rec
             results.append(AddResult(Outcome.REPLACED if obsolete else Outcome.STORED, obsolete))
-        if new_rows:
-            await conn.execute(instances.insert(), new_rows)
-        await self._apply(conn, deltas)
+        if accepted:
+            pks = self._series_pks(conn, accepted, cache, deltas)
+            for rec, (series_pk, study_pk) in zip(accepted, pks, strict=True):
+                deltas.series_instances[series_pk] += 1
+                deltas.study_instances[study_pk] += 1
+                deltas.study_size[study_pk] += rec.size
+            rows = [self._instance_row(rec, ser) for rec, (ser, _) in zip(accepted, pks, strict=True)]
+            conn.execute(instances.insert(), rows)
+        self._apply(conn, deltas)
         return results, bool(deltas.series_removed_from)
 
     @staticmethod
@@ -161,84 +193,169 @@ class IndexWriter:
             pixel=json.dumps(rec.pixel, separators=(",", ":")) if rec.pixel else None)
         return row
 
-    async def _remove_instance(self, conn: AsyncConnection, old: Any, deltas: _Deltas) -> None:
-        await conn.execute(delete(instances).where(instances.c.pk == old.pk))
-        study_pk = (await conn.execute(
+    def _remove_instance(self, conn: Connection, old: Any, deltas: _Deltas) -> None:
+        conn.execute(delete(instances).where(instances.c.pk == old.pk))
+        study_pk = (conn.execute(
             select(series.c.study_pk).where(series.c.pk == old.series_pk))).scalar_one()
         deltas.series_instances[old.series_pk] -= 1
         deltas.series_removed_from.add(old.series_pk)
         deltas.study_instances[study_pk] -= 1
         deltas.study_size[study_pk] -= old.size
 
-    async def _get_or_create(self, conn: AsyncConnection, table: Any, key: dict[str, Any],
-                             values: dict[str, Any]) -> tuple[int, bool]:
-        """pk of the row matching ``key``, inserting ``values`` if there is none."""
-        cond = [table.c[k] == v for k, v in key.items()]
-        pk = (await conn.execute(select(table.c.pk).where(*cond))).scalar()
-        if pk is not None:
-            return pk, False
-        stmt = self._insert(table).values(**key, **values).on_conflict_do_nothing()
-        result = await conn.execute(stmt.returning(table.c.pk))
-        pk = result.scalar()
-        if pk is not None:
-            return pk, True
-        # Another process inserted it between our select and insert (PostgreSQL).
-        return (await conn.execute(select(table.c.pk).where(*cond))).scalar_one(), False
-
-    async def _series_for(self, conn: AsyncConnection, rec: InstanceRecord,
+    def _series_pks(self, conn: Connection, records: list[InstanceRecord],
                           cache: MutableMapping[tuple[str, Any], int],
-                          deltas: _Deltas) -> tuple[int, int]:
-        key = ("series", rec.series_uid)
-        if key in cache:
-            return cache[key], cache[("study", rec.study_uid)]
-        study_pk = cache.get(("study", rec.study_uid))
-        if study_pk is None:
-            patient = column_values(rec.json, Level.PATIENT)
-            pid = {"patient_id": patient.pop("patient_id") or "",
-                   "issuer_of_patient_id": patient.pop("issuer_of_patient_id") or ""}
-            patient["patient_name_norm"] = normalize_pn(patient.get("patient_name"))
-            patient_pk, _ = await self._get_or_create(conn, patients, pid, patient)
-            study = column_values(rec.json, Level.STUDY)
-            study.pop("study_uid")
-            study["referring_physician_name_norm"] = normalize_pn(study.get("referring_physician_name"))
-            study["patient_pk"] = patient_pk
-            study_pk, _ = await self._get_or_create(conn, studies, {"study_uid": rec.study_uid}, study)
-            cache[("study", rec.study_uid)] = study_pk
-        ser = column_values(rec.json, Level.SERIES)
-        ser.pop("series_uid")
-        ser["study_pk"] = study_pk
-        series_pk, created = await self._get_or_create(conn, series, {"series_uid": rec.series_uid}, ser)
-        if created:
-            deltas.study_series[study_pk] += 1
-        deltas.studies_touched.add(study_pk)
-        cache[key] = series_pk
-        return series_pk, study_pk
+                          deltas: _Deltas) -> list[tuple[int, int]]:
+        """(series pk, study pk) of each record, creating the rows that do not exist yet.
 
-    async def _apply(self, conn: AsyncConnection, d: _Deltas) -> None:
-        for pk, n in d.series_instances.items():
-            if n:
-                await conn.execute(update(series).where(series.c.pk == pk).values(
-                    num_instances=series.c.num_instances + n))
+        A handful of statements per batch whatever its size: each level is one SELECT … IN for
+        the keys not cached, then one multi-row INSERT … RETURNING for those still missing
+        (a batch of 100 instances over 20 new studies used to take ~70 round trips)."""
+        want_series = {r.series_uid: r for r in records if ("series", r.series_uid) not in cache}
+        if want_series:
+            found = self._lookup(conn, series, ("series_uid",), [(u,) for u in want_series])
+            for (uid,), pk in found.items():
+                cache[("series", uid)] = pk
+        new_series = {u: r for u, r in want_series.items() if ("series", u) not in cache}
+        want_studies = {r.study_uid: r for r in records if ("study", r.study_uid) not in cache}
+        if want_studies:
+            found = self._lookup(conn, studies, ("study_uid",), [(u,) for u in want_studies])
+            for (uid,), pk in found.items():
+                cache[("study", uid)] = pk
+        new_studies = {u: r for u, r in want_studies.items() if ("study", u) not in cache}
+        if new_studies:
+            patient_rows = {_patient_key(r): _patient_row(r) for r in new_studies.values()}
+            patient_pks, _ = self._ensure(conn, patients, ("patient_id", "issuer_of_patient_id"),
+                                                patient_rows)
+            study_rows = {(u,): _study_row(r, patient_pks[_patient_key(r)])
+                          for u, r in new_studies.items()}
+            study_pks, _ = self._ensure(conn, studies, ("study_uid",), study_rows, absent=True)
+            for (uid,), pk in study_pks.items():
+                cache[("study", uid)] = pk
+        if new_series:
+            series_rows = {(u,): _series_row(r, cache[("study", r.study_uid)])
+                           for u, r in new_series.items()}
+            series_pks, created = self._ensure(conn, series, ("series_uid",), series_rows, absent=True)
+            for (uid,), pk in series_pks.items():
+                cache[("series", uid)] = pk
+            for key in created:
+                deltas.study_series[series_rows[key]["study_pk"]] += 1
+        out = [(cache[("series", r.series_uid)], cache[("study", r.study_uid)]) for r in records]
+        deltas.studies_touched.update(study for _, study in out)
+        return out
+
+    @staticmethod
+    def _lookup(conn: Connection, table: Any, keys: tuple[str, ...],
+                      wanted: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], int]:
+        """pk of each row whose ``keys`` columns equal one of ``wanted`` (absent: not stored).
+        The IN list is on the first key column; the rest are compared here."""
+        first = table.c[keys[0]]
+        cols = [table.c[k] for k in keys]
+        wanted_set = set(wanted)
+        found: dict[tuple[Any, ...], int] = {}
+        values = sorted({w[0] for w in wanted})
+        for i in range(0, len(values), _IN_CHUNK):
+            rows = conn.execute(select(table.c.pk, *cols).where(first.in_(values[i:i + _IN_CHUNK])))
+            for row in rows:
+                key = tuple(row[1:])
+                if key in wanted_set:
+                    found[key] = row[0]
+        return found
+
+    def _ensure(self, conn: Connection, table: Any, keys: tuple[str, ...],
+                rows: dict[tuple[Any, ...], dict[str, Any]], absent: bool = False
+                ) -> tuple[dict[tuple[Any, ...], int], set[tuple[Any, ...]]]:
+        """pk of the row for each key of ``rows``, inserting the missing ones in one statement;
+        also the keys this call created. ``absent``: the caller has just looked them up."""
+        found = {} if absent else self._lookup(conn, table, keys, list(rows))
+        missing = [k for k in rows if k not in found]
+        if not missing:
+            return found, set()
+        cols = [table.c[k] for k in keys]
+        stmt = self._insert(table).on_conflict_do_nothing().returning(table.c.pk, *cols)
+        created: set[tuple[Any, ...]] = set()
+        for row in conn.execute(stmt, [rows[k] for k in missing]):
+            key = tuple(row[1:])
+            found[key] = row[0]
+            created.add(key)
+        if len(found) < len(rows):  # another process inserted some in between (PostgreSQL)
+            found.update(self._lookup(conn, table, keys, [k for k in rows if k not in found]))
+        return found, created
+
+    def _apply(self, conn: Connection, d: _Deltas) -> None:
+        """Apply the batch's count changes: one executemany UPDATE per table."""
+        series_n = [{"b_pk": pk, "b_n": n} for pk, n in d.series_instances.items() if n]
+        if series_n:
+            conn.execute(update(series).where(series.c.pk == bindparam("b_pk")).values(
+                num_instances=series.c.num_instances + bindparam("b_n")), series_n)
         for pk in d.series_removed_from:
-            row = (await conn.execute(select(series.c.study_pk, series.c.num_instances)
+            row = (conn.execute(select(series.c.study_pk, series.c.num_instances)
                                       .where(series.c.pk == pk))).one()
             if row.num_instances == 0:  # its only instance moved to another series
-                await conn.execute(delete(series).where(series.c.pk == pk))
+                conn.execute(delete(series).where(series.c.pk == pk))
                 d.study_series[row.study_pk] -= 1
-        for pk in d.studies_touched | set(d.study_instances):
-            values: dict[str, Any] = {
-                "num_instances": studies.c.num_instances + d.study_instances.get(pk, 0),
-                "num_series": studies.c.num_series + d.study_series.get(pk, 0),
-                "size": studies.c.size + d.study_size.get(pk, 0),
-                "updated": func.now()}
-            if d.study_series.get(pk, 0) or d.series_removed_from:  # the set of series changed
-                modalities = (await conn.execute(
-                    select(series.c.modality).distinct().where(
-                        series.c.study_pk == pk, series.c.modality.is_not(None)))).scalars().all()
-                values["modalities"] = "\\".join(sorted(m for m in modalities if m))
-            await conn.execute(update(studies).where(studies.c.pk == pk).values(**values))
+        touched = d.studies_touched | set(d.study_instances)
+        # Studies whose set of series changed get their modalities recomputed.
+        changed = touched if d.series_removed_from else {pk for pk in touched if d.study_series.get(pk)}
+        modalities = self._modalities(conn, changed)
+        plain, recomputed = [], []
+        for pk in touched:
+            row = {"b_pk": pk, "b_instances": d.study_instances.get(pk, 0),
+                   "b_series": d.study_series.get(pk, 0), "b_size": d.study_size.get(pk, 0)}
+            if pk in changed:
+                recomputed.append({**row, "b_modalities": modalities.get(pk, "")})
+            else:
+                plain.append(row)
+        counts = {"num_instances": studies.c.num_instances + bindparam("b_instances"),
+                  "num_series": studies.c.num_series + bindparam("b_series"),
+                  "size": studies.c.size + bindparam("b_size"), "updated": func.now()}
+        stmt = update(studies).where(studies.c.pk == bindparam("b_pk"))
+        if plain:
+            conn.execute(stmt.values(**counts), plain)
+        if recomputed:
+            conn.execute(stmt.values(**counts, modalities=bindparam("b_modalities")), recomputed)
         for pk in set(d.study_instances) if d.series_removed_from else ():
-            empty = (await conn.execute(select(studies.c.num_instances)
+            empty = (conn.execute(select(studies.c.num_instances)
                                         .where(studies.c.pk == pk))).scalar_one() == 0
             if empty:  # its only instances moved to another study
-                await conn.execute(delete(studies).where(studies.c.pk == pk))
+                conn.execute(delete(studies).where(studies.c.pk == pk))
+
+    @staticmethod
+    def _modalities(conn: Connection, study_pks: set[int]) -> dict[int, str]:
+        """Study pk -> its series' modalities, sorted and backslash-joined."""
+        found: dict[int, set[str]] = defaultdict(set)
+        pks = sorted(study_pks)
+        for i in range(0, len(pks), _IN_CHUNK):
+            rows = conn.execute(select(series.c.study_pk, series.c.modality).distinct().where(
+                series.c.study_pk.in_(pks[i:i + _IN_CHUNK]), series.c.modality.is_not(None)))
+            for study_pk, modality in rows:
+                if modality:
+                    found[study_pk].add(modality)
+        return {pk: "\\".join(sorted(m)) for pk, m in found.items()}
+
+
+def _patient_key(rec: InstanceRecord) -> tuple[str, str]:
+    patient = column_values(rec.json, Level.PATIENT)
+    return patient["patient_id"] or "", patient["issuer_of_patient_id"] or ""
+
+
+def _patient_row(rec: InstanceRecord) -> dict[str, Any]:
+    row = column_values(rec.json, Level.PATIENT)
+    row["patient_id"] = row["patient_id"] or ""
+    row["issuer_of_patient_id"] = row["issuer_of_patient_id"] or ""
+    row["patient_name_norm"] = normalize_pn(row.get("patient_name"))
+    return row
+
+
+def _study_row(rec: InstanceRecord, patient_pk: int) -> dict[str, Any]:
+    row = column_values(rec.json, Level.STUDY)
+    row["study_uid"] = rec.study_uid
+    row["referring_physician_name_norm"] = normalize_pn(row.get("referring_physician_name"))
+    row["patient_pk"] = patient_pk
+    return row
+
+
+def _series_row(rec: InstanceRecord, study_pk: int) -> dict[str, Any]:
+    row = column_values(rec.json, Level.SERIES)
+    row["series_uid"] = rec.series_uid
+    row["study_pk"] = study_pk
+    return row
