@@ -90,9 +90,9 @@ class IngestConfig:
     duplicate_policy: str = "reject"
     # Largest binary value kept inline (base64) in stored metadata; larger ones get a BulkDataURI.
     bulk_data_threshold: int = 1024
-    # Processes that parse incoming instances beside the event loop; 0 (default) parses in
-    # threads. -1: 1 on a machine with more than one CPU, else 0.
-    parse_processes: int = 0
+    # Processes that parse incoming instances beside the event loop; 0 parses in threads.
+    # -1 (default): 1 on a machine with more than one CPU, else 0.
+    parse_processes: int = -1
     # Largest instance in bytes (as sent); a larger one fails with 0xA700; 0 = no limit.
     max_instance_size: int = 0
 

@@ -30,6 +30,8 @@ def make_config(root: Path, **sections: dict) -> Config:
                   "dimse": {"enabled": False},  # DIMSE tests turn it on, on a free port
                   # codecs in threads (tests patch them); test_codec_processes covers the pool
                   "render": {"codec_processes": 0},
+                  # parsing in threads too; test_parse_pool and the subprocess tests cover the pool
+                  "ingest": {"parse_processes": 0},
                   "log": {"level": "warning"}}
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
