@@ -14,6 +14,7 @@ from archive import __version__, config, logs
 from archive.app import create_app, stop_accepting
 from archive.limits import GATE
 from archive.readtimeout import AppRunner
+from archive.runtime import use_private_tempdir
 
 log = logging.getLogger("archive")
 
@@ -30,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or cfg.http.host
     port = args.port or cfg.http.port
     logs.setup(cfg.log.level, cfg.log.format)
+    use_private_tempdir(cfg.storage_path)
     log.info("imaging-archive %s serving DICOMweb on http://%s:%d/dicom-web", __version__, host, port)
     asyncio.run(_run(create_app(cfg), host, port, cfg.http.shutdown_timeout, cfg.http.read_timeout))
     return 0

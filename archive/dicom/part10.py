@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import signal
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -364,11 +363,6 @@ def parse_and_encode(path: str, threshold: int,
         return parsed, _encode_json(parsed)
     except ValueError as exc:  # NaN or infinity in a float element: not representable in JSON
         raise InvalidInstance(f"value not representable in DICOM JSON: {exc}") from exc
-
-
-def worker_init() -> None:
-    """Initializer of parse worker processes: Ctrl-C is the server's to handle, not theirs."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def worker_ready() -> bool:

@@ -12,16 +12,13 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import signal
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, TypeVar
 
+from archive.workers import init_worker
+
 T = TypeVar("T")
-
-
-def _worker_init() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
 
 
 def worker_count(configured: int) -> int:
@@ -44,7 +41,8 @@ class CodecPool:
             # preload imports the codecs once in the server that forks them.
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["archive.pixels.transcode"])
-            self._pool = ProcessPoolExecutor(processes, mp_context=ctx, initializer=_worker_init)
+            self._pool = ProcessPoolExecutor(processes, mp_context=ctx, initializer=init_worker,
+                                             initargs=(os.getpid(),))
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker process (fn and args must pickle) or a thread."""
