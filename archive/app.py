@@ -14,8 +14,11 @@ from concurrent.futures import ProcessPoolExecutor
 from aiohttp import web
 
 from archive import keys
+from archive.api import harmonization as harmonization_api
+from archive.clinical import api as clinical_api
 from archive.config import Config
 from archive.dicomweb import frames, qido, rendered, stow, wado
+from archive.harmonize import Harmonizer
 from archive.index.db import create_engine, init_schema, sync_writer_engine
 from archive.index.reader import IndexReader
 from archive.index.writer import IndexWriter
@@ -105,6 +108,8 @@ def _routes(app: web.Application) -> None:
     series = study + "/series/{series}"
     instance = series + "/instances/{instance}"
     r.add_get("/healthz", healthz)
+    harmonization_api.add_routes(app)
+    clinical_api.add_routes(app)
     r.add_post(base + "/studies", stow.store_instances)
     r.add_post(study, stow.store_instances)
     r.add_get(base + "/studies", qido.search_studies)
@@ -141,6 +146,13 @@ def _parse_pool_factory(cfg: Config) -> Callable[[], ProcessPoolExecutor] | None
     return lambda: ProcessPoolExecutor(n, mp_context=ctx, initializer=init_worker, initargs=(server,))
 
 
+def load_harmonizer(cfg: Config) -> Harmonizer | None:
+    """The configured harmonizer (``[harmonize]``), or None when it is off."""
+    if not cfg.harmonize.enabled:
+        return None
+    return Harmonizer.load(cfg.harmonize_override_path, cfg.harmonize.threshold)
+
+
 def _filesystem_store(cfg: Config) -> BlobStore:
     return FilesystemStore(cfg.storage_path)
 
@@ -151,7 +163,8 @@ async def _resources(app: web.Application, store_factory: StoreFactory) -> Async
     await store.start()
     engine = create_engine(cfg.database_url, cfg.database.echo)
     await init_schema(engine)
-    writer = IndexWriter(engine, cfg.ingest.duplicate_policy, sync_writer_engine(engine))
+    harmonizer = await asyncio.to_thread(load_harmonizer, cfg)
+    writer = IndexWriter(engine, cfg.ingest.duplicate_policy, sync_writer_engine(engine), harmonizer)
     app[keys.STORE] = store
     app[keys.ENGINE] = engine
     app[keys.READER] = IndexReader(engine)

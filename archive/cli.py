@@ -12,6 +12,8 @@ from aiohttp import web
 
 from archive import __version__, config, logs
 from archive.app import create_app, stop_accepting
+from archive.clinical import cli as clinical_commands
+from archive.harmonize import commands as harmonize_commands
 from archive.limits import GATE
 from archive.readtimeout import AppRunner
 from archive.runtime import use_private_tempdir
@@ -77,8 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="override [http] host")
     serve.add_argument("--port", type=int, help="override [http] port")
     serve.set_defaults(func=_serve)
+    harmonize_commands.add_commands(sub)
+    clinical_commands.add_commands(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except config.ConfigError as exc:
+        print(f"imaging-archive: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -124,6 +124,19 @@ class RenderConfig:
 
 
 @dataclass
+class HarmonizeConfig:
+    """Harmonized study descriptions (archive.harmonize), ``[harmonize]``."""
+
+    # Place each study on a LOINC / RSNA Radiology Playbook procedure at ingest.
+    enabled: bool = True
+    # The operator's mappings (TSV with MIDRC's columns: Modality, StudyDescription, LOINC code,
+    # L-Long Common Name); they win over the shipped table. "" = none.
+    override_file: str = ""
+    # Confidence below which a description never seen stays unmapped (0..1).
+    threshold: float = 0.6
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -138,6 +151,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     qido: QidoConfig = field(default_factory=QidoConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+    harmonize: HarmonizeConfig = field(default_factory=HarmonizeConfig)
     log: LogConfig = field(default_factory=LogConfig)
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -155,6 +169,10 @@ class Config:
         if self.render.cache_path:
             return self.resolve(self.render.cache_path)
         return self.storage_path.parent / "cache" / "thumbnails"
+
+    @property
+    def harmonize_override_path(self) -> Path | None:
+        return self.resolve(self.harmonize.override_file) if self.harmonize.override_file else None
 
     @property
     def database_url(self) -> str:
@@ -176,6 +194,7 @@ _SECTIONS: dict[str, type] = {
     "ingest": IngestConfig,
     "qido": QidoConfig,
     "render": RenderConfig,
+    "harmonize": HarmonizeConfig,
     "log": LogConfig,
 }
 
@@ -277,6 +296,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[render] jpeg_quality must be between 1 and 100")
     if cfg.render.codec_processes < -1:
         raise ConfigError("[render] codec_processes must be -1 (automatic), 0 or more")
+    if not 0 <= cfg.harmonize.threshold <= 1:
+        raise ConfigError("[harmonize] threshold must be between 0 and 1")
+    if cfg.harmonize.override_file and not cfg.resolve(cfg.harmonize.override_file).is_file():
+        raise ConfigError(f"[harmonize] override_file {cfg.harmonize.override_file!r} is not a file")
     if cfg.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
     if cfg.log.format not in LOG_FORMATS:

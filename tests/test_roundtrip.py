@@ -6,12 +6,14 @@ import base64
 import email.parser
 import email.policy
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom import dcmread
 
-from tests.conftest import multipart
+from archive.config import Config
+from tests.conftest import make_config, multipart
 from tests.samples import all_samples, rejected, storable
 
 
@@ -38,6 +40,13 @@ def _norm(x: Any) -> Any:
     if isinstance(x, list):
         return [_norm(v) for v in x]
     return x
+
+
+@pytest.fixture
+def archive_config(tmp_path: Path) -> Config:
+    """Harmonization off: the metadata must equal the file's own DICOM JSON, with no harmonized
+    ProcedureCodeSequence item added (tests/test_procedure_codes.py covers that item)."""
+    return make_config(tmp_path, harmonize={"enabled": False})
 
 
 async def _stow(client, files: list[bytes], with_warnings: bool = False):

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, dcmread, read_dataset
 from pydicom.uid import UID
 
+from archive.dicom import procedure
 from archive.dicom.jsonmodel import BASE_URL_TOKEN, INSTANCE_URL_TOKEN, BulkRef, JsonBuilder
 from archive.dicom.uids import is_valid_uid
 
@@ -348,7 +349,8 @@ def _parse(fp: BinaryIO, path: str, file_size: int, threshold: int,
 
 def _encode_json(parsed: ParsedInstance) -> bytes:
     """Compressed DICOM JSON with bulk data URIs rooted at this instance's WADO-RS URL."""
-    text = json.dumps(parsed.json, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    doc = procedure.add_placeholder(parsed.json)  # the study's harmonized code goes there
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     url = (f"{BASE_URL_TOKEN}/studies/{parsed.study_uid}/series/{parsed.series_uid}"
            f"/instances/{parsed.sop_instance_uid}")
     return zlib.compress(text.replace(INSTANCE_URL_TOKEN, url).encode("utf-8"), 1)

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archive.dicom import procedure
 from archive.index.schema import instances, series, studies
 
 
@@ -71,7 +72,8 @@ _INSTANCES = {(a, b): _instances_stmt(a, b) for a in (False, True) for b in (Fal
 
 def _pixel_sources(rows: Sequence[Row[Any]]) -> list[PixelSource]:
     return [PixelSource(StoredInstance(*row[:7]), json.loads(row.pixel) if row.pixel else None,
-                        json.loads(zlib.decompress(row.meta_json))) for row in rows]
+                        procedure.fill(json.loads(zlib.decompress(row.meta_json))))
+            for row in rows]
 
 
 class IndexReader:
@@ -88,13 +90,19 @@ class IndexReader:
 
     async def metadata(self, study: str, series_uid: str | None = None, sop: str | None = None,
                        batch: int = 500) -> AsyncIterator[bytes]:
-        """The stored DICOM JSON of each instance (UTF-8, with the base URL token), streamed."""
-        stmt = _scope(select(instances.c.meta_json).select_from(_FROM), study, series_uid, sop)
+        """The DICOM JSON of each instance (UTF-8, with the base URL token), streamed: as stored,
+        with the study's harmonized procedure code in place (archive.dicom.procedure)."""
+        stmt = _scope(select(instances.c.meta_json, studies.c.loinc_code, studies.c.loinc_name)
+                      .select_from(_FROM), study, series_uid, sop)
         stmt = stmt.order_by(*_ORDER).execution_options(yield_per=batch)
+        item: bytes | None = None
+        first = True
         async with self.engine.connect() as conn:
             result = await conn.stream(stmt)
-            async for (blob,) in result:
-                yield zlib.decompress(blob)
+            async for blob, code, name in result:
+                if first:  # one study: one item
+                    item, first = procedure.item_bytes(code, name), False
+                yield procedure.fill_text(zlib.decompress(blob), item)
 
     async def bulk(self, study: str, series_uid: str, sop: str,
                    path: str) -> tuple[StoredInstance, list[int | None]] | None:

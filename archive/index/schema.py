@@ -4,9 +4,12 @@ its DICOM JSON (zlib-compressed, bulk data as URIs) so metadata reads never touc
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -21,7 +24,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 # Bump when the schema changes; the server refuses to run on another version (migrations: issue 8).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: harmonized procedure of studies; clinical data
 
 schema_info = Table(
     "schema_info", metadata,
@@ -61,7 +64,20 @@ studies = Table(
     Column("size", BigInteger, nullable=False, default=0),
     Column("created", DateTime, server_default=func.now()),
     Column("updated", DateTime, server_default=func.now()),
+    # The harmonized procedure (archive.harmonize): a LOINC / RSNA Radiology Playbook code with
+    # its Long Common Name and attributes, or none with the reason.
+    Column("loinc_code", String),
+    Column("loinc_name", String),
+    Column("loinc_system", String),  # L-System, the body region, e.g. "Chest"
+    Column("loinc_region", String),  # MIDRC's grouping of body regions, for cohorts
+    Column("loinc_timing", String),  # contrast timing, e.g. "WO", "W", "WO & W"
+    Column("harmonize_how", String),  # exact | override | matched | unmapped
+    Column("harmonize_confidence", Float),
+    Column("harmonize_reason", String),
+    Column("harmonize_version", String),  # mapping table version that placed it
+    Column("procedure_codes", Text),  # JSON: the items of ProcedureCodeSequence the sender gave
     Index("ix_studies_patient", "patient_pk"),
+    Index("ix_studies_loinc", "loinc_code"),
     Index("ix_studies_date", "study_date"),
     Index("ix_studies_accession", "accession_number"),
     Index("ix_studies_description", "study_description"),
@@ -111,4 +127,64 @@ instances = Table(
     Column("created", DateTime, server_default=func.now()),
     Index("ix_instances_series", "series_pk", "instance_number"),
     Index("ix_instances_class", "sop_class_uid"),
+)
+
+
+# Clinical data (archive.clinical): MIDRC data dictionary nodes, keyed by their submitter_id.
+# A case's submitter_id is the PatientID of its images (patients.patient_id), an imaging_study's
+# is the StudyInstanceUID (studies.study_uid). No foreign keys to the image tables: clinical data
+# may arrive before or without the images, and the linkage report lists what does not match.
+# Times are days from the case's index event, as in MIDRC; an age over 89 is only a flag.
+cases = Table(
+    "cases", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("submitter_id", String, nullable=False, unique=True),
+    Column("project_id", String),
+    Column("age_at_index", Integer),  # 0-89 years; null when over 89 (see age_at_index_gt89)
+    Column("age_at_index_gt89", String),  # "Yes" | "No" (MIDRC's enumeration)
+    Column("sex", String),
+    Column("race", String),
+    Column("ethnicity", String),
+    Column("covid19_positive", String),
+    Column("index_event", String),
+    Column("icu_indicator", Boolean),
+    Column("ventilator_indicator", Boolean),
+    Column("site", String),  # MIDRC's site_id
+    Column("created", DateTime, server_default=func.now()),
+    Column("updated", DateTime, server_default=func.now()),
+    Index("ix_cases_sex", "sex"),
+    Index("ix_cases_race", "race"),
+    Index("ix_cases_ethnicity", "ethnicity"),
+    Index("ix_cases_covid19", "covid19_positive"),
+    Index("ix_cases_age", "age_at_index", "age_at_index_gt89"),
+)
+
+measurements = Table(
+    "measurements", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("submitter_id", String, nullable=False, unique=True),
+    Column("case_submitter_id", String, ForeignKey("cases.submitter_id"), nullable=False),
+    Column("project_id", String),
+    Column("test_name", String),
+    Column("test_method", String),
+    Column("test_result_text", String),
+    Column("test_days_from_index", Integer),
+    Column("created", DateTime, server_default=func.now()),
+    Column("updated", DateTime, server_default=func.now()),
+    Index("ix_measurements_case", "case_submitter_id"),
+    Index("ix_measurements_result", "test_result_text"),
+)
+
+imaging_study_clinical = Table(
+    "imaging_study_clinical", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("submitter_id", String(64), nullable=False, unique=True),  # the StudyInstanceUID
+    Column("case_submitter_id", String, ForeignKey("cases.submitter_id"), nullable=False),
+    Column("project_id", String),
+    Column("days_to_study", Integer),
+    Column("days_from_study_to_pos_covid_test", JSON),  # list of integers, as in MIDRC
+    Column("days_from_study_to_neg_covid_test", JSON),
+    Column("created", DateTime, server_default=func.now()),
+    Column("updated", DateTime, server_default=func.now()),
+    Index("ix_imaging_study_clinical_case", "case_submitter_id"),
 )

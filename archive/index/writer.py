@@ -23,6 +23,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archive.dicom.procedure import PROCEDURE_CODE_SEQUENCE
+from archive.harmonize import Harmonizer
+from archive.index.procedures import place_studies
 from archive.index.schema import instances, patients, series, studies
 from archive.index.values import column_values, normalize_pn
 from archive.query.attributes import Level
@@ -81,8 +84,9 @@ class IndexWriter:
     uploads while ingest runs); on other engines through ``AsyncConnection.run_sync``."""
 
     def __init__(self, engine: AsyncEngine, duplicate_policy: str = "reject",
-                 sync_engine: Engine | None = None) -> None:
+                 sync_engine: Engine | None = None, harmonizer: Harmonizer | None = None) -> None:
         self.engine = engine
+        self.harmonizer = harmonizer  # places each touched study on a LOINC procedure
         self.duplicate_policy = duplicate_policy
         self._sync_engine = sync_engine
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="index-writer") if sync_engine else None
@@ -180,6 +184,8 @@ class IndexWriter:
             rows = [self._instance_row(rec, ser) for rec, (ser, _) in zip(accepted, pks, strict=True)]
             conn.execute(instances.insert(), rows)
         self._apply(conn, deltas)
+        if self.harmonizer is not None:
+            place_studies(conn, self.harmonizer, deltas.studies_touched | set(deltas.study_instances))
         return results, bool(deltas.series_removed_from)
 
     @staticmethod
@@ -210,13 +216,19 @@ class IndexWriter:
         A handful of statements per batch whatever its size: each level is one SELECT … IN for
         the keys not cached, then one multi-row INSERT … RETURNING for those still missing
         (a batch of 100 instances over 20 new studies used to take ~70 round trips)."""
-        want_series = {r.series_uid: r for r in records if ("series", r.series_uid) not in cache}
+        # The first instance of a new study or series gives its row's values.
+        want_series: dict[str, InstanceRecord] = {}
+        want_studies: dict[str, InstanceRecord] = {}
+        for r in records:
+            if ("series", r.series_uid) not in cache:
+                want_series.setdefault(r.series_uid, r)
+            if ("study", r.study_uid) not in cache:
+                want_studies.setdefault(r.study_uid, r)
         if want_series:
             found = self._lookup(conn, series, ("series_uid",), [(u,) for u in want_series])
             for (uid,), pk in found.items():
                 cache[("series", uid)] = pk
         new_series = {u: r for u, r in want_series.items() if ("series", u) not in cache}
-        want_studies = {r.study_uid: r for r in records if ("study", r.study_uid) not in cache}
         if want_studies:
             found = self._lookup(conn, studies, ("study_uid",), [(u,) for u in want_studies])
             for (uid,), pk in found.items():
@@ -351,6 +363,8 @@ def _study_row(rec: InstanceRecord, patient_pk: int) -> dict[str, Any]:
     row["study_uid"] = rec.study_uid
     row["referring_physician_name_norm"] = normalize_pn(row.get("referring_physician_name"))
     row["patient_pk"] = patient_pk
+    items = rec.json.get(PROCEDURE_CODE_SEQUENCE, {}).get("Value")
+    row["procedure_codes"] = json.dumps(items, separators=(",", ":")) if items else None
     return row
 
 

@@ -82,6 +82,13 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     _attr("ContentTime", IN, "content_time"),
 )
 
+# The harmonized procedure code of a study (archive.harmonize), matched as the CodeValue of an
+# item of ProcedureCodeSequence (0008,1032); returned as that sequence (query.results).
+PROCEDURE_CODE = Attribute("ProcedureCodeSequence", 0x00081032, "SH", ST, "loinc_code", computed=True)
+# Nested keys (PS3.18 §8.3.4.1 "sequence.attribute") that can be matched.
+NESTED: dict[str, Attribute] = {"00081032.00080100": PROCEDURE_CODE,
+                                "ProcedureCodeSequence.CodeValue": PROCEDURE_CODE}
+
 BY_TAG: dict[int, Attribute] = {a.tag: a for a in ATTRIBUTES}
 BY_KEYWORD: dict[str, Attribute] = {a.keyword: a for a in ATTRIBUTES}
 

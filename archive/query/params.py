@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from archive.query.attributes import BY_TAG, Level, keyword, resolve
+from archive.query.attributes import BY_TAG, NESTED, Level, keyword, resolve
 from archive.query.model import Query, QueryError, make_match
 
 _LIMIT_MAX = 1_000_000
@@ -32,7 +32,8 @@ def _bool(name: str, value: str) -> bool:
 def _attribute_key(key: str) -> tuple[int, str]:
     """Tag of a key like ``PatientID`` / ``00100020``; nested keys (sequences) are refused."""
     if "." in key:
-        raise QueryError(f"{key}: sequence matching is not supported")
+        raise QueryError(f"{key}: sequence matching is supported only for "
+                         f"{', '.join(k for k in NESTED if not k[0].isdigit())}")
     tag = resolve(key)
     if tag is None:
         raise QueryError(f"unknown query parameter {key!r}")
@@ -58,8 +59,9 @@ def parse_qido(level: Level, params: Iterable[tuple[str, str]],
             elif key == "includefield":
                 _add_includes(query, value)
             continue
-        tag, kw = _attribute_key(key)
-        attr = BY_TAG.get(tag)
+        nested = NESTED.get(key)
+        tag, kw = (nested.tag, key) if nested else _attribute_key(key)
+        attr = nested or BY_TAG.get(tag)
         if attr is None:
             raise QueryError(f"{kw}: matching on this attribute is not supported "
                              "(it can be returned with includefield)")

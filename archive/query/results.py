@@ -10,8 +10,17 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from archive.dicom import procedure
 from archive.index.schema import instances, series
-from archive.query.attributes import ATTRIBUTES, BY_KEYWORD, BY_TAG, DEFAULT_RETURN, Attribute, Level
+from archive.query.attributes import (
+    ATTRIBUTES,
+    BY_KEYWORD,
+    BY_TAG,
+    DEFAULT_RETURN,
+    PROCEDURE_CODE,
+    Attribute,
+    Level,
+)
 from archive.query.model import Query
 from archive.query.sql import TABLES
 
@@ -28,6 +37,16 @@ def element(attr: Attribute, value: Any) -> dict[str, Any]:
     if attr.keyword == "ModalitiesInStudy":
         return {"vr": "CS", "Value": value.split("\\")}
     return {"vr": attr.vr, "Value": [value]}
+
+
+def procedure_sequence(row: Any) -> dict[str, Any] | None:
+    """ProcedureCodeSequence of a study row: the harmonized LOINC item and the sender's items."""
+    items: list[dict[str, Any]] = []
+    if row.studies__loinc_code:
+        items.append(procedure.code_item(row.studies__loinc_code, row.studies__loinc_name or ""))
+    if row.studies__procedure_codes:
+        items.extend(json.loads(row.studies__procedure_codes))
+    return {"vr": "SQ", "Value": items} if items else None
 
 
 def return_attributes(query: Query) -> list[Attribute]:
@@ -79,7 +98,13 @@ def to_json(rows: Sequence[Any], query: Query, base: str,
         for a in attrs:
             if a.keyword == "NumberOfSeriesRelatedInstances" and query.level != Level.SERIES:
                 continue
+            if a is PROCEDURE_CODE:
+                continue  # the sequence, below
             obj[a.tag_hex] = element(a, _value(row, a))
+        if query.level == Level.STUDY or any(a is PROCEDURE_CODE for a in attrs):
+            procedures = procedure_sequence(row)
+            if procedures is not None:
+                obj[PROCEDURE_CODE.tag_hex] = procedures
         if query.level >= Level.STUDY:
             obj["00081190"] = {"vr": "UR", "Value": [retrieve_url(base, row, query.level)]}
             # InstanceAvailability (PS3.18 Tables 10.6.3-3..5): every stored file is on line.
@@ -120,6 +145,6 @@ async def extra_attributes(conn: AsyncConnection, query: Query,
         stmt = select(first.c.owner, instances.c.meta_json).join(first, instances.c.pk == first.c.ipk)
     result: dict[int, dict[str, Any]] = {}
     for owner_pk, blob in (await conn.execute(stmt)).all():
-        doc = json.loads(zlib.decompress(blob))
+        doc = procedure.fill(json.loads(zlib.decompress(blob)))
         result[owner_pk] = {t: doc[t] for t in tags if t in doc}
     return result

@@ -1,0 +1,1 @@
+"""The commons' JSON API beside DICOMweb: harmonization and cohorts (``/api/...``)."""
