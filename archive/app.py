@@ -15,7 +15,10 @@ from aiohttp import web
 
 from archive import keys
 from archive.api import harmonization as harmonization_api
+from archive.api import release as release_api
+from archive.auth import AUTHENTICATOR, Authenticator, auth_middleware
 from archive.clinical import api as clinical_api
+from archive.cohorts import api as cohorts_api
 from archive.config import Config
 from archive.dicomweb import frames, qido, rendered, stow, wado
 from archive.harmonize import Harmonizer
@@ -110,6 +113,8 @@ def _routes(app: web.Application) -> None:
     r.add_get("/healthz", healthz)
     harmonization_api.add_routes(app)
     clinical_api.add_routes(app)
+    cohorts_api.add_routes(app)
+    release_api.add_routes(app)
     r.add_post(base + "/studies", stow.store_instances)
     r.add_post(study, stow.store_instances)
     r.add_get(base + "/studies", qido.search_studies)
@@ -177,7 +182,7 @@ async def _resources(app: web.Application, store_factory: StoreFactory) -> Async
     dimse: DimseServer | None = None
     if cfg.dimse.enabled:
         # C-STORE data sets are received into a folder that start() empties after a crash.
-        dimse = DimseServer(cfg.dimse, ingest, engine, Retriever(engine, store),
+        dimse = DimseServer(cfg.dimse, ingest, engine, Retriever(engine, store), app[AUTHENTICATOR],
                             receive_dir=receive_dir_for(cfg.storage_path), find_timeout=cfg.qido.timeout)
         dimse.start(asyncio.get_running_loop())
         app[_DIMSE] = dimse
@@ -210,10 +215,11 @@ async def stop_accepting(app: web.Application) -> None:
 def create_app(cfg: Config, store_factory: StoreFactory | None = None) -> web.Application:
     """The application; ``store_factory`` replaces the configured blob store (for tests)."""
     gate = RequestGate(cfg.http.max_concurrent_requests, cfg.http.max_request_size)
-    app = web.Application(middlewares=[cors_middleware, error_middleware, gate.middleware],
+    app = web.Application(middlewares=[cors_middleware, error_middleware, auth_middleware, gate.middleware],
                           client_max_size=cfg.http.max_request_size or 1024 ** 4)
     app[keys.CONFIG] = cfg
     app[GATE] = gate
+    app[AUTHENTICATOR] = Authenticator.from_config(cfg)
     app.on_response_prepare.append(_cors_headers)
     app.on_shutdown.append(stop_accepting)
     app.cleanup_ctx.append(functools.partial(_resources, store_factory=store_factory or _filesystem_store))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -12,10 +13,13 @@ from aiohttp import web
 
 from archive import __version__, config, logs
 from archive.app import create_app, stop_accepting
+from archive.auth import new_token, token_hash
 from archive.clinical import cli as clinical_commands
+from archive.cohorts import cli as cohort_commands
 from archive.harmonize import commands as harmonize_commands
 from archive.limits import GATE
 from archive.readtimeout import AppRunner
+from archive.release import commands as release_commands
 from archive.runtime import use_private_tempdir
 
 log = logging.getLogger("archive")
@@ -32,6 +36,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or cfg.http.host
     port = args.port or cfg.http.port
+    problem = unauthenticated_exposure(cfg, host)
+    if problem:
+        print(f"imaging-archive: {problem}", file=sys.stderr)
+        return 2
     logs.setup(cfg.log.level, cfg.log.format)
     use_private_tempdir(cfg.storage_path)
     log.info("imaging-archive %s serving DICOMweb on http://%s:%d/dicom-web", __version__, host, port)
@@ -70,6 +78,35 @@ async def _run(app: web.Application, host: str, port: int, shutdown_timeout: flo
     log.info("stopped")
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def unauthenticated_exposure(cfg: config.Config, http_host: str) -> str | None:
+    """Why the server must not start: single-user (no tokens) on a non-loopback address."""
+    if cfg.auth.tokens or cfg.http.allow_unauthenticated:
+        return None
+    hosts = [("HTTP", http_host)] + ([("DIMSE", cfg.dimse.host)] if cfg.dimse.enabled else [])
+    for what, host in hosts:
+        if not _is_loopback(host):
+            return (f"no [[auth.tokens]] are configured (single-user mode: every caller is admin), "
+                    f"so the {what} listener may only use a loopback address, not {host!r}; add "
+                    "tokens (imaging-archive token new) or set [http] allow_unauthenticated = true")
+    return None
+
+
+def _token_new(args: argparse.Namespace) -> int:
+    token = new_token()
+    print(f"token (shown once, give it to {args.name}): {token}", file=sys.stderr)
+    print(f'[[auth.tokens]]\nname = "{args.name}"\nrole = "{args.role}"\nsha256 = "{token_hash(token)}"')
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imaging-archive", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -79,8 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="override [http] host")
     serve.add_argument("--port", type=int, help="override [http] port")
     serve.set_defaults(func=_serve)
+    token = sub.add_parser("token", help="bearer tokens")
+    tsub = token.add_subparsers(dest="token_command", required=True)
+    tnew = tsub.add_parser("new", help="make a token: prints it once, and the TOML lines to add")
+    tnew.add_argument("--role", required=True, choices=config.ROLES)
+    tnew.add_argument("--name", required=True, help="who holds it (shown in logs)")
+    tnew.set_defaults(func=_token_new)
     harmonize_commands.add_commands(sub)
     clinical_commands.add_commands(sub)
+    cohort_commands.add_commands(sub)
+    release_commands.add_commands(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

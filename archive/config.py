@@ -7,13 +7,16 @@ when the server runs without one.
 
 from __future__ import annotations
 
+import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 DUPLICATE_POLICIES = ("reject", "overwrite")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Access roles (archive.auth), from least to most.
+ROLES = ("anonymous", "contributor", "evaluator", "admin")
 LOG_FORMATS = ("text", "json")
 
 
@@ -37,6 +40,9 @@ class HttpConfig:
     # Seconds without a byte from a client in the middle of a request (headers or body) before
     # its connection is closed (slow clients); an idle timeout, not a total. 0 = never.
     read_timeout: float = 60.0
+    # With no [[auth.tokens]] the server is single-user (everything allowed) and listens only on
+    # a loopback address, unless this is set: an archive must not be open on a network by accident.
+    allow_unauthenticated: bool = False
 
 
 @dataclass
@@ -70,6 +76,7 @@ class DimseConfig:
     network_timeout: int = 60  # seconds an idle association stays open
     allow: AllowConfig = field(default_factory=AllowConfig)
     peers: dict[str, PeerConfig] = field(default_factory=dict)
+    ae: list[AeRoleConfig] = field(default_factory=list)  # [[dimse.ae]]: calling AE -> role
 
 
 @dataclass
@@ -137,6 +144,29 @@ class HarmonizeConfig:
 
 
 @dataclass
+class TokenConfig:
+    name: str
+    role: str
+    sha256: str  # hex SHA-256 of the bearer token; the token itself is never stored
+
+
+@dataclass
+class AuthConfig:
+    """``[auth]``: bearer tokens (``[[auth.tokens]]``); none = single-user mode."""
+
+    tokens: list[TokenConfig] = field(default_factory=list)
+
+
+@dataclass
+class AeRoleConfig:
+    """``[[dimse.ae]]``: the role of a calling AE title (from ``host`` only, if given)."""
+
+    ae_title: str
+    role: str
+    host: str = ""
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -152,6 +182,7 @@ class Config:
     qido: QidoConfig = field(default_factory=QidoConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     harmonize: HarmonizeConfig = field(default_factory=HarmonizeConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -195,6 +226,7 @@ _SECTIONS: dict[str, type] = {
     "qido": QidoConfig,
     "render": RenderConfig,
     "harmonize": HarmonizeConfig,
+    "auth": AuthConfig,
     "log": LogConfig,
 }
 
@@ -255,10 +287,44 @@ def _dimse_section(values: Any) -> DimseConfig:
             raise ConfigError(f"[dimse.peers.{name}] ae_title and host must be strings")
         peers[name] = PeerConfig(check_ae_title(peer["ae_title"], f"[dimse.peers.{name}] ae_title"),
                                  peer["host"], peer["port"])
+    ae_roles = [_entry("dimse.ae", AeRoleConfig, e) for e in _table_list("dimse.ae", values.pop("ae", []))]
     cfg = _section("dimse", DimseConfig, values)
     cfg.allow = allow
     cfg.peers = peers
+    cfg.ae = ae_roles
     return cfg
+
+
+def _table_list(name: str, values: Any) -> list[dict[str, Any]]:
+    if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
+        raise ConfigError(f"[[{name}]] must be an array of tables")
+    return values
+
+
+def _entry(name: str, cls: type, values: dict[str, Any]) -> Any:
+    """One table of an array of tables: every field without a default is required, all strings."""
+    known = {f.name: f for f in fields(cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {key!r} in [[{name}]]")
+        if not isinstance(value, str):
+            raise ConfigError(f"[[{name}]] {key} must be a string")
+    missing = [k for k, f in known.items()
+               if k not in values and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise ConfigError(f"[[{name}]] needs {', '.join(missing)}")
+    return cls(**values)
+
+
+def _auth_section(values: Any) -> AuthConfig:
+    if not isinstance(values, dict):
+        raise ConfigError("[auth] must be a table")
+    values = dict(values)
+    raw = _table_list("auth.tokens", values.pop("tokens", []))
+    tokens = [_entry("auth.tokens", TokenConfig, t) for t in raw]
+    if values:
+        raise ConfigError(f"unknown key {next(iter(values))!r} in [auth]")
+    return AuthConfig(tokens=tokens)
 
 
 def _validate(cfg: Config) -> None:
@@ -296,6 +362,17 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[render] jpeg_quality must be between 1 and 100")
     if cfg.render.codec_processes < -1:
         raise ConfigError("[render] codec_processes must be -1 (automatic), 0 or more")
+    for token in cfg.auth.tokens:
+        if token.role not in ROLES:
+            raise ConfigError(f"[[auth.tokens]] {token.name!r}: role must be one of {', '.join(ROLES)}")
+        if not re.fullmatch(r"[0-9a-f]{64}", token.sha256):
+            raise ConfigError(f"[[auth.tokens]] {token.name!r}: sha256 must be 64 lower-case hex digits")
+    if len({t.name for t in cfg.auth.tokens}) != len(cfg.auth.tokens):
+        raise ConfigError("[[auth.tokens]] names must be unique")
+    for entry in cfg.dimse.ae:
+        check_ae_title(entry.ae_title, "[[dimse.ae]] ae_title")
+        if entry.role not in ROLES:
+            raise ConfigError(f"[[dimse.ae]] {entry.ae_title!r}: role must be one of {', '.join(ROLES)}")
     if not 0 <= cfg.harmonize.threshold <= 1:
         raise ConfigError("[harmonize] threshold must be between 0 and 1")
     if cfg.harmonize.override_file and not cfg.resolve(cfg.harmonize.override_file).is_file():
@@ -314,6 +391,8 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
             raise ConfigError(f"unknown section [{name}]")
         if name == "dimse":
             cfg.dimse = _dimse_section(values)
+        elif name == "auth":
+            cfg.auth = _auth_section(values)
         else:
             setattr(cfg, name, _section(name, _SECTIONS[name], values))
     _validate(cfg)

@@ -30,6 +30,7 @@ from pynetdicom.sop_class import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archive.auth import Authenticator, Principal
 from archive.config import DimseConfig
 from archive.ingest import Expected, Ingest
 from archive.query.cfind import PATIENT_ROOT, STUDY_ROOT, FindRequest, parse_identifier, to_identifier
@@ -106,8 +107,10 @@ class Bridge:
 
 class ArchiveHandlers:
     def __init__(self, cfg: DimseConfig, bridge: Bridge, ingest: Ingest, engine: AsyncEngine,
-                 retriever: Retriever, policy: AccessPolicy, find_timeout: float = 0) -> None:
+                 retriever: Retriever, policy: AccessPolicy, auth: Authenticator,
+                 find_timeout: float = 0) -> None:
         self.cfg = cfg
+        self.auth = auth
         self.find_timeout = find_timeout  # [qido] timeout: one query model, one limit
         self.bridge = bridge
         self.ingest = ingest
@@ -151,6 +154,10 @@ class ArchiveHandlers:
         if not self.policy.allows("store", caller):
             log.warning("c-store refused: calling AE %s@%s not allowed", caller.ae_title, caller.host)
             return _status(NOT_AUTHORIZED, "calling AE title not allowed to store")
+        if not self._principal(caller).can_store:
+            log.warning("c-store refused: calling AE %s@%s has no contributor role", caller.ae_title,
+                        caller.host)
+            return _status(NOT_AUTHORIZED, "calling AE title has no contributor role")
         req = event.request
         expected = Expected(sop_class_uid=str(req.AffectedSOPClassUID),
                             sop_uid=str(req.AffectedSOPInstanceUID))
@@ -180,7 +187,8 @@ class ArchiveHandlers:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
-            query = dataclasses.replace(req.query, offset=offset)
+            query = dataclasses.replace(req.query, offset=offset,
+                                        visible=self._principal(caller).visibility)
             try:
                 found = self.bridge.call(search(self.engine, query, _FIND_PAGE, "", self.find_timeout))
             except QueryTimeout as exc:
@@ -200,8 +208,14 @@ class ArchiveHandlers:
             offset += _FIND_PAGE
 
     # -- C-MOVE / C-GET (PS3.4 C.4.2, C.4.3) ------------------------------------------------
+    def _principal(self, caller: Caller) -> Principal:
+        return self.auth.dimse_principal(caller.ae_title, caller.host)
+
     def _retrieve_request(self, event: Event) -> FindRequest:
-        return parse_identifier(event.identifier, _model(event))
+        """The C-MOVE / C-GET identifier as a query over what the calling AE may see."""
+        req = parse_identifier(event.identifier, _model(event))
+        req.query.visible = self._principal(_caller(event)).visibility
+        return req
 
     def on_move(self, event: Event) -> Iterator[Any]:
         caller = _caller(event)

@@ -41,6 +41,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archive.auth import Authenticator
 from archive.config import DimseConfig
 from archive.ingest import Ingest
 from archive.retrieve import Retriever
@@ -221,8 +222,9 @@ def build_ae(cfg: DimseConfig, policy: AccessPolicy) -> AE:
 
 class DimseServer:
     def __init__(self, cfg: DimseConfig, ingest: Ingest, engine: AsyncEngine, retriever: Retriever,
-                 receive_dir: Path | None = None, find_timeout: float = 0) -> None:
+                 auth: Authenticator, receive_dir: Path | None = None, find_timeout: float = 0) -> None:
         self.cfg = cfg
+        self.auth = auth  # the role of each calling AE ([[dimse.ae]])
         self.find_timeout = find_timeout
         self.receive_dir = receive_dir  # where C-STORE data sets are received (receive_dir_for)
         self.policy = AccessPolicy({"store": cfg.allow.store, "query": cfg.allow.query,
@@ -242,7 +244,7 @@ class DimseServer:
         ae = build_ae(self.cfg, self.policy)
         bridge = Bridge(loop, timeout=max(self.cfg.dimse_timeout, 60) * 10)
         handlers = ArchiveHandlers(self.cfg, bridge, self.ingest, self.engine, self.retriever, self.policy,
-                                   self.find_timeout)
+                                   self.auth, self.find_timeout)
         open_services = self.policy.open_services()
         if open_services:
             log.warning("DIMSE %s open to every calling AE title (set [dimse.allow] to restrict)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from archive import keys
+from archive.auth import visibility
 from archive.index.procedures import unmapped
 
 
@@ -16,7 +17,7 @@ async def unmapped_report(request: web.Request) -> web.Response:
     if raw and not (raw.isdigit() and 0 < int(raw) <= 1_000_000):
         raise web.HTTPBadRequest(text="limit must be a whole number between 1 and 1000000")
     async with request.app[keys.ENGINE].connect() as conn:
-        rows = await conn.run_sync(unmapped, int(raw) if raw else None)
+        rows = await conn.run_sync(unmapped, visibility(request), int(raw) if raw else None)
     return web.json_response(rows)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from aiohttp import BodyPartReader, web
 
 from archive import keys
+from archive.auth import require_admin
 from archive.clinical.dictionary import NODES
 from archive.clinical.importer import import_clinical
 from archive.clinical.report import linkage_report
@@ -44,7 +45,8 @@ async def _multipart_files(request: web.Request) -> list[tuple[str, bytes]]:
 
 
 async def import_files(request: web.Request) -> web.Response:
-    """POST /api/clinical."""
+    """POST /api/clinical (admin)."""
+    require_admin(request)
     ctype = request.content_type.lower()
     node = request.query.get("node", "")
     if node and node not in NODES:
@@ -69,7 +71,9 @@ async def import_files(request: web.Request) -> web.Response:
 
 
 async def report(request: web.Request) -> web.Response:
-    """GET /api/clinical/report[?limit=N]: lists cut at N entries (default 1000)."""
+    """GET /api/clinical/report[?limit=N] (admin: it names patients of every release state):
+    lists cut at N entries (default 1000)."""
+    require_admin(request)
     raw = request.query.get("limit", "1000")
     if not raw.isdigit() or not 0 < int(raw) <= _MAX_REPORT_LIMIT:
         return _problem(400, f"limit={raw!r}: give a number from 1 to {_MAX_REPORT_LIMIT}")

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from archive import keys
+from archive.auth import visibility
 from archive.dicomweb.media import parse_accept, uid_param
 from archive.dicomweb.multipart import PART_END, MultipartWriter, new_boundary
 from archive.index.reader import IndexReader, PixelSource
@@ -148,14 +149,14 @@ async def _locate(request: web.Request) -> Located:
     series = uid_param(request, "series")
     sop = uid_param(request, "instance")
     reader: IndexReader = request.app[keys.READER]
-    found = await reader.instances(study, series, sop)
+    found = await reader.instances(study, series, sop, visibility(request))
     if not found:
         raise web.HTTPNotFound(text="no such instance")
     located = _LOCATED.get(found[0].storage_key)
     if located is not None:
         _LOCATED.move_to_end(found[0].storage_key)
         return located
-    sources = await reader.pixel_source(study, series, sop)
+    sources = await reader.pixel_source(study, series, sop, visibility(request))
     if not sources:
         raise web.HTTPNotFound(text="no such instance")
     src = sources[0]
@@ -176,7 +177,8 @@ async def _extended_offsets(request: web.Request, src: PixelSource, store: BlobS
         return px.unpack_offsets(base64.b64decode(elem["InlineBinary"]))
     inst = src.instance
     reader: IndexReader = request.app[keys.READER]
-    found = await reader.bulk(inst.study_uid, inst.series_uid, inst.sop_uid, "7FE00001")
+    found = await reader.bulk(inst.study_uid, inst.series_uid, inst.sop_uid, "7FE00001",
+                              visibility(request))
     if found is None or found[1][0] is None:
         return None
     offset, length = found[1]

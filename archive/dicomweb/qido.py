@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from archive import keys
+from archive.auth import visibility
 from archive.dicomweb.media import base_url, json_response, parse_accept, uid_param, warning_header
 from archive.query.attributes import Level
 from archive.query.model import QueryError
@@ -25,6 +26,7 @@ async def _search(request: web.Request, level: Level, fixed: dict[str, str]) -> 
         query = parse_qido(level, request.query.items(), fixed)
     except QueryError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
+    query.visible = visibility(request)
     maximum = request.app[keys.CONFIG].qido.max_results
     limit = min(query.limit, maximum) if query.limit is not None else maximum
     timeout = request.app[keys.CONFIG].qido.timeout

@@ -19,6 +19,7 @@ from typing import BinaryIO
 from aiohttp import web
 
 from archive import keys
+from archive.auth import visibility
 from archive.dicomweb.media import MediaRange, parse_accept, uid_param
 from archive.dicomweb.multipart import MultipartWriter, new_boundary
 from archive.index.reader import IndexReader, StoredInstance
@@ -371,7 +372,7 @@ async def rendered(request: web.Request) -> web.StreamResponse:
     choice = negotiate(request)
     params = render_params(request, choice.media_type)
     reader: IndexReader = request.app[keys.READER]
-    rows = await reader.image_rows(study, series, sop)
+    rows = await reader.image_rows(study, series, sop, visibility(request))
     if not rows:
         raise web.HTTPNotFound(text="no such study, series or instance")
     if sop is None:
@@ -426,7 +427,7 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
     cfg = request.app[keys.CONFIG]
     params = render_params(request, choice.media_type, fit=cfg.render.thumbnail_size)
     reader: IndexReader = request.app[keys.READER]
-    rows = await reader.image_rows(study, series, sop)
+    rows = await reader.image_rows(study, series, sop, visibility(request))
     if not rows:
         raise web.HTTPNotFound(text="no such study, series or instance")
     if sop is None:

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from archive import keys
+from archive.auth import require_store
 from archive.dicomweb.media import base_url, json_response, parse_media_type, uid_param, warning_header
 from archive.dicomweb.multipart import MultipartError, MultipartReader
 from archive.ingest import CANNOT_UNDERSTAND, Expected, Ingest, IngestResult, Prepared
@@ -110,6 +111,7 @@ async def _receive(request: web.Request, ingest: Ingest, study: str | None,
 
 async def store_instances(request: web.Request) -> web.Response:
     """POST /studies and POST /studies/{study}."""
+    require_store(request)  # before a byte of the body is read
     study = uid_param(request, "study") if "study" in request.match_info else None
     boundary = _boundary(request)
     ingest: Ingest = request.app[keys.INGEST]

@@ -15,6 +15,7 @@ from aiohttp import web
 from pydicom import dcmread
 
 from archive import keys
+from archive.auth import Visibility, visibility
 from archive.dicom.jsonmodel import BASE_URL_TOKEN
 from archive.dicom.uids import is_valid_uid
 from archive.dicomweb import ranges, zipstream
@@ -75,17 +76,17 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     study, series, sop = _scope(request)
     reader: IndexReader = request.app[keys.READER]
     if sop is None and zipstream.wants_zip(request):
-        found = await reader.instances(study, series, None)
+        found = await reader.instances(study, series, None, visibility(request))
         if not found:
             raise web.HTTPNotFound(text="no such study or series")
         return await zipstream.stream_zip(request, found, series or study)
     acceptable = _negotiate_dicom(request)
-    found = await reader.instances(study, series, sop)
+    found = await reader.instances(study, series, sop, visibility(request))
     if not found:
         raise web.HTTPNotFound(text="no such study, series or instance")
     if all(transcode.stored_acceptable(i.transfer_syntax_uid, acceptable) for i in found):
         return await _stream_instances(request, found)  # as stored: the fast path
-    plan = await _transcoding_plan(reader, (study, series, sop), acceptable)
+    plan = await _transcoding_plan(reader, (study, series, sop), acceptable, visibility(request))
     if not plan:
         raise web.HTTPNotFound(text="no such study, series or instance")
     if all(targets[0] == inst.transfer_syntax_uid for inst, targets in plan):
@@ -97,13 +98,13 @@ Plan = list[tuple[StoredInstance, list[str]]]
 
 
 async def _transcoding_plan(reader: IndexReader, scope: tuple[str, str | None, str | None],
-                            acceptable: transcode.Acceptable) -> Plan:
+                            acceptable: transcode.Acceptable, visible: Visibility) -> Plan:
     """Each instance with the transfer syntaxes it may be sent in, best first (the stored one
     alone when acceptable), decided from the stored metadata before anything is sent: 406 naming
     the instances that fit no acceptable transfer syntax."""
     plan: Plan = []
     refused: list[str] = []
-    for source in await reader.pixel_source(*scope):
+    for source in await reader.pixel_source(*scope, visible):
         inst = source.instance
         try:
             plan.append((inst, transcode.candidates(inst.transfer_syntax_uid, source.meta, acceptable)))
@@ -316,7 +317,7 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     response: web.StreamResponse | None = None
     buf: list[bytes] = []
     size = 0
-    async for doc in reader.metadata(study, series, sop):
+    async for doc in reader.metadata(study, series, sop, visible=visibility(request)):
         buf.append(doc.replace(token, base))
         size += len(doc)
         if size >= 1 << 20:  # stream large results instead of building them whole
@@ -370,7 +371,7 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotAcceptable(text='bulk data is multipart/related; type="application/octet-stream"')
     reader: IndexReader = request.app[keys.READER]
     assert series is not None and sop is not None
-    found = await reader.bulk(study, series, sop, tag_path)
+    found = await reader.bulk(study, series, sop, tag_path, visibility(request))
     if found is None:
         raise web.HTTPNotFound(text="no such bulk data")
     inst, (offset, length) = found

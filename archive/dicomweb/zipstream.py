@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import zipfile
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
 from aiohttp import web
 
@@ -55,8 +56,21 @@ def entry_name(inst: StoredInstance) -> str:
     return f"{inst.study_uid}/{inst.series_uid}/{inst.sop_uid}.dcm"
 
 
-async def stream_zip(request: web.Request, found: list[StoredInstance], filename: str) -> web.StreamResponse:
-    """Send ``found`` as a zip download; memory holds one storage chunk at a time."""
+Instances = Iterable[StoredInstance] | AsyncIterable[StoredInstance]
+
+
+async def _each(found: Instances) -> AsyncIterator[StoredInstance]:
+    if isinstance(found, AsyncIterable):
+        async for inst in found:
+            yield inst
+    else:
+        for inst in found:
+            yield inst
+
+
+async def stream_zip(request: web.Request, found: Instances, filename: str) -> web.StreamResponse:
+    """Send ``found`` as a zip download; memory holds one storage chunk at a time. ``found`` may
+    be produced while the zip is sent (a cohort's instances, read study by study)."""
     store: BlobStore = request.app[keys.STORE]
     response = web.StreamResponse(headers={
         "Content-Type": ZIP,
@@ -65,7 +79,7 @@ async def stream_zip(request: web.Request, found: list[StoredInstance], filename
     sink = _Sink()
     stamp = time.localtime()[:6]
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for inst in found:
+        async for inst in _each(found):
             info = zipfile.ZipInfo(entry_name(inst), date_time=stamp)
             info.file_size = inst.size
             info.external_attr = 0o644 << 16

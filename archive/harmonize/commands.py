@@ -68,10 +68,12 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _unmapped(args: argparse.Namespace) -> int:
+    from archive.auth import ALL
     from archive.index.procedures import UNMAPPED_COLUMNS, unmapped
 
     cfg = _load(args)
-    rows: list[dict[str, Any]] = asyncio.run(_with_index(cfg, unmapped, args.limit))
+    # The operator's own command: every release state counts.
+    rows: list[dict[str, Any]] = asyncio.run(_with_index(cfg, unmapped, ALL, args.limit))
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
         print()

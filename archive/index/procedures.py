@@ -14,8 +14,9 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
+from archive.auth import Visibility
 from archive.harmonize import MAPPING_VERSION, Harmonizer, Placement
-from archive.index.schema import series, studies
+from archive.index.schema import patients, series, studies
 
 _CHUNK = 500
 _COLUMNS = ("loinc_code", "loinc_name", "loinc_system", "loinc_region", "loinc_timing",
@@ -76,15 +77,19 @@ def place_all(conn: Connection, harmonizer: Harmonizer) -> Counter[str]:
 UNMAPPED_COLUMNS = ("StudyDescription", "Modality", "frequency", "Contributor", "reason")
 
 
-def unmapped(conn: Connection, limit: int | None = None) -> list[dict[str, Any]]:
+def unmapped(conn: Connection, visible: Visibility, limit: int | None = None) -> list[dict[str, Any]]:
     """Descriptions of unmapped studies with how many studies carry each, most frequent first:
-    the curator's worklist. Contributor is the institution of the study's series (if any)."""
+    the curator's worklist. Contributor is the institution of the study's series (if any). Only
+    studies of patients in ``visible`` states count."""
     institution = (select(series.c.institution_name).where(series.c.study_pk == studies.c.pk,
                                                            series.c.institution_name.is_not(None))
                    .order_by(series.c.pk).limit(1).scalar_subquery())
     stmt = (select(studies.c.study_description, studies.c.modalities, institution.label("contributor"),
                    func.count().label("n"), func.max(studies.c.harmonize_reason).label("reason"))
-            .where(studies.c.harmonize_how == "unmapped")
+            .select_from(studies)
+            .join(patients, studies.c.patient_pk == patients.c.pk)
+            .where(studies.c.harmonize_how == "unmapped",
+                   patients.c.release_state.in_(sorted(visible.states)))
             .group_by(studies.c.study_description, studies.c.modalities, "contributor")
             .order_by(func.count().desc(), studies.c.study_description))
     if limit is not None:

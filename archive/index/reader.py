@@ -13,8 +13,9 @@ from typing import Any
 from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archive.auth import PUBLIC, Visibility
 from archive.dicom import procedure
-from archive.index.schema import instances, series, studies
+from archive.index.schema import instances, patients, series, studies
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,10 @@ class StoredInstance:
     size: int
 
 
-def _scope(stmt: Select, study: str, series_uid: str | None, sop: str | None) -> Select:
-    stmt = stmt.where(studies.c.study_uid == study)
+def _scope(stmt: Select, study: str, series_uid: str | None, sop: str | None,
+           visible: Visibility) -> Select:
+    stmt = stmt.where(studies.c.study_uid == study,
+                      patients.c.release_state.in_(sorted(visible.states)))
     if series_uid is not None:
         stmt = stmt.where(series.c.series_uid == series_uid)
     if sop is not None:
@@ -40,8 +43,9 @@ def _scope(stmt: Select, study: str, series_uid: str | None, sop: str | None) ->
 # The columns of a StoredInstance, in its field order.
 _STORED = (studies.c.study_uid, series.c.series_uid, instances.c.sop_uid, instances.c.sop_class_uid,
            instances.c.transfer_syntax_uid, instances.c.storage_key, instances.c.size)
+# Every read joins the patient: its release state decides who may see the instances.
 _FROM = instances.join(series, instances.c.series_pk == series.c.pk).join(
-    studies, series.c.study_pk == studies.c.pk)
+    studies, series.c.study_pk == studies.c.pk).join(patients, studies.c.patient_pk == patients.c.pk)
 _ORDER = (series.c.series_number, series.c.pk, instances.c.instance_number, instances.c.pk)
 
 
@@ -57,7 +61,8 @@ class PixelSource:
 
 def _instances_stmt(by_series: bool, by_sop: bool) -> Select:
     stmt = select(*_STORED).select_from(_FROM)
-    stmt = stmt.where(studies.c.study_uid == bindparam("study"))
+    stmt = stmt.where(studies.c.study_uid == bindparam("study"),
+                      patients.c.release_state.in_(bindparam("states", expanding=True)))
     if by_series:
         stmt = stmt.where(series.c.series_uid == bindparam("series"))
     if by_sop:
@@ -80,20 +85,20 @@ class IndexReader:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def instances(self, study: str, series_uid: str | None = None,
-                        sop: str | None = None) -> list[StoredInstance]:
+    async def instances(self, study: str, series_uid: str | None = None, sop: str | None = None,
+                        visible: Visibility = PUBLIC) -> list[StoredInstance]:
         stmt = _INSTANCES[(series_uid is not None, sop is not None)]
-        params = {"study": study, "series": series_uid, "sop": sop}
+        params = {"study": study, "series": series_uid, "sop": sop, "states": sorted(visible.states)}
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt, params)).all()
         return [StoredInstance(*row) for row in rows]
 
     async def metadata(self, study: str, series_uid: str | None = None, sop: str | None = None,
-                       batch: int = 500) -> AsyncIterator[bytes]:
+                       batch: int = 500, visible: Visibility = PUBLIC) -> AsyncIterator[bytes]:
         """The DICOM JSON of each instance (UTF-8, with the base URL token), streamed: as stored,
         with the study's harmonized procedure code in place (archive.dicom.procedure)."""
         stmt = _scope(select(instances.c.meta_json, studies.c.loinc_code, studies.c.loinc_name)
-                      .select_from(_FROM), study, series_uid, sop)
+                      .select_from(_FROM), study, series_uid, sop, visible)
         stmt = stmt.order_by(*_ORDER).execution_options(yield_per=batch)
         item: bytes | None = None
         first = True
@@ -104,11 +109,11 @@ class IndexReader:
                     item, first = procedure.item_bytes(code, name), False
                 yield procedure.fill_text(zlib.decompress(blob), item)
 
-    async def bulk(self, study: str, series_uid: str, sop: str,
-                   path: str) -> tuple[StoredInstance, list[int | None]] | None:
+    async def bulk(self, study: str, series_uid: str, sop: str, path: str,
+                   visible: Visibility = PUBLIC) -> tuple[StoredInstance, list[int | None]] | None:
         """The instance and ``[offset|None, length]`` of one bulk value, if it exists."""
         stmt = _scope(select(*_STORED, instances.c.bulk)
-                      .select_from(_FROM), study, series_uid, sop)
+                      .select_from(_FROM), study, series_uid, sop, visible)
         async with self.engine.connect() as conn:
             row = (await conn.execute(stmt)).first()
         if row is None:
@@ -118,11 +123,11 @@ class IndexReader:
             return None
         return StoredInstance(*row[:7]), ref
 
-    async def pixel_source(self, study: str, series_uid: str | None,
-                           sop: str | None) -> list[PixelSource]:
+    async def pixel_source(self, study: str, series_uid: str | None, sop: str | None,
+                           visible: Visibility = PUBLIC) -> list[PixelSource]:
         """Instances in scope with their pixel data positions and DICOM JSON, in retrieve order."""
         stmt = _scope(select(*_STORED, instances.c.pixel, instances.c.meta_json).select_from(_FROM),
-                      study, series_uid, sop)
+                      study, series_uid, sop, visible)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt.order_by(*_ORDER))).all()
         if sum(len(row.meta_json) for row in rows) <= 16 << 10:
@@ -131,13 +136,13 @@ class IndexReader:
         # with per-frame functional groups, takes tens of ms: not on the loop.
         return await asyncio.to_thread(_pixel_sources, rows)
 
-    async def image_rows(self, study: str, series_uid: str | None,
-                         sop: str | None) -> list[tuple[StoredInstance, int, int]]:
+    async def image_rows(self, study: str, series_uid: str | None, sop: str | None,
+                         visible: Visibility = PUBLIC) -> list[tuple[StoredInstance, int, int]]:
         """Instances in scope with their indexed Rows (0: none, not an image) and Number of
         Frames (at least 1), in retrieve order: what rendering needs to pick instances and
         frames without reading any stored metadata."""
         stmt = _scope(select(*_STORED, instances.c.rows, instances.c.number_of_frames).select_from(_FROM),
-                      study, series_uid, sop)
+                      study, series_uid, sop, visible)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt.order_by(*_ORDER))).all()
         return [(StoredInstance(*row[:7]), row[7] or 0, max(1, row[8] or 1))

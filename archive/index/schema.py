@@ -24,7 +24,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 # Bump when the schema changes; the server refuses to run on another version (migrations: issue 8).
-SCHEMA_VERSION = 2  # 2: harmonized procedure of studies; clinical data
+SCHEMA_VERSION = 3  # 2: harmonized procedure, clinical data; 3: release states, quarantine
 
 schema_info = Table(
     "schema_info", metadata,
@@ -40,8 +40,11 @@ patients = Table(
     Column("patient_name_norm", String),  # upper-cased: PN matching is case-insensitive
     Column("birth_date", String),
     Column("sex", String),
+    # Release state (archive.release): open, sequestered or quarantined. Only open data is public.
+    Column("release_state", String, nullable=False, server_default="open"),
     Column("created", DateTime, server_default=func.now()),
     Index("ux_patients_id", "patient_id", "issuer_of_patient_id", unique=True),
+    Index("ix_patients_release", "release_state"),
     Index("ix_patients_name", "patient_name_norm"),
 )
 
@@ -124,6 +127,8 @@ instances = Table(
     Column("meta_json", LargeBinary, nullable=False),  # zlib(DICOM JSON), bulk data as URIs
     Column("bulk", Text, nullable=False, default="{}"),  # JSON: path -> [offset|null, length]
     Column("pixel", Text),  # JSON: pixel data position and fragments (frames, issue 4)
+    # Why de-identification held it back (e.g. burned-in annotation); NULL: not quarantined.
+    Column("quarantine_reason", String),
     Column("created", DateTime, server_default=func.now()),
     Index("ix_instances_series", "series_pk", "instance_number"),
     Index("ix_instances_class", "sop_class_uid"),
@@ -187,4 +192,31 @@ imaging_study_clinical = Table(
     Column("created", DateTime, server_default=func.now()),
     Column("updated", DateTime, server_default=func.now()),
     Index("ix_imaging_study_clinical_case", "case_submitter_id"),
+)
+
+
+# Every change of a patient's release state: who, when, by which rule (archive.release).
+release_log = Table(
+    "release_log", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("patient_id", String, nullable=False),
+    Column("issuer_of_patient_id", String, nullable=False, default=""),
+    Column("previous_state", String),
+    Column("state", String, nullable=False),
+    Column("actor", String, nullable=False),  # token name, "cli", "ingest"
+    Column("rule", String, nullable=False),  # e.g. "manual", "sequester v1 seed=1 fraction=0.2"
+    Column("reason", String),
+    Column("at", DateTime, server_default=func.now()),
+    Index("ix_release_log_patient", "patient_id"),
+)
+
+
+# Saved cohorts (archive.cohorts): a name and the filter object that defines the cohort. Its
+# studies are selected again from the filters on every read, so a cohort follows the archive.
+cohorts = Table(
+    "cohorts", metadata,
+    Column("id", String, primary_key=True),
+    Column("name", String, nullable=False),
+    Column("filters", Text, nullable=False),  # JSON: the normalized filter object
+    Column("created", DateTime, server_default=func.now()),
 )

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
+from archive.auth import PUBLIC, Visibility
 from archive.dicom.uids import is_valid_uid
 from archive.query.attributes import INTEGER_VRS, Attribute, Level
 
@@ -40,6 +41,8 @@ class Query:
     fuzzy: bool = False
     limit: int | None = None
     offset: int = 0
+    # Release states of the patients the caller may see (archive.auth): never more than asked.
+    visible: Visibility = PUBLIC
 
 
 _DA = re.compile(r"^\d{8}$")

@@ -68,7 +68,7 @@ async def search(engine: AsyncEngine, query: Query, limit: int, base: str,
 async def matching_instances(engine: AsyncEngine, query: Query,
                              limit: int = 1_000_000) -> list[StoredInstance]:
     """Every stored instance below the entities ``query`` matches, in stable order."""
-    inst_query = Query(Level.INSTANCE, list(query.matches), fuzzy=query.fuzzy)
+    inst_query = Query(Level.INSTANCE, list(query.matches), fuzzy=query.fuzzy, visible=query.visible)
     async with engine.connect() as conn:
         rows = (await conn.execute(build_select(inst_query, limit))).all()
     return [StoredInstance(r.studies__study_uid, r.series__series_uid, r.instances__sop_uid,

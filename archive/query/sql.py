@@ -114,7 +114,9 @@ def _study_modalities_condition(m: Match, fuzzy: bool) -> ColumnElement[bool]:
 
 
 def where_clause(query: Query) -> list[ColumnElement[bool]]:
-    conds: list[ColumnElement[bool]] = []
+    """The query's matches, and the release states the caller may see (patients is always in
+    the FROM clause of a result row: the table itself, or joined by :func:`_parent_joins`)."""
+    conds: list[ColumnElement[bool]] = [patients.c.release_state.in_(sorted(query.visible.states))]
     for m in query.matches:
         if m.kind is MatchKind.UNIVERSAL:
             continue

@@ -1,0 +1,167 @@
+"""Who is asking, and what they may see and do (roles of the commons).
+
+Roles: ``anonymous`` reads open data; ``contributor`` also stores (STOW-RS, C-STORE);
+``evaluator`` also reads sequestered data; ``admin`` reads everything, quarantine included, and
+runs the admin operations (release states, sequestration, clinical import, quarantine, delete).
+
+HTTP callers present ``Authorization: Bearer TOKEN``; the configuration holds only each token's
+SHA-256 (``[[auth.tokens]]``). With no token configured the server is single-user: every caller is
+admin (and ``serve`` listens on loopback only unless ``[http] allow_unauthenticated``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from archive.config import AeRoleConfig, Config, TokenConfig
+
+log = logging.getLogger("archive.auth")
+
+ANONYMOUS, CONTRIBUTOR, EVALUATOR, ADMIN = "anonymous", "contributor", "evaluator", "admin"
+OPEN, SEQUESTERED, QUARANTINED = "open", "sequestered", "quarantined"
+STATES = (OPEN, SEQUESTERED, QUARANTINED)
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """The release states of the patients a caller may see. Reads of the index default to
+    PUBLIC, so a read that forgets to pass the caller's shows less, never more."""
+
+    states: frozenset[str]
+
+    @property
+    def everything(self) -> bool:
+        return self.states >= set(STATES)
+
+
+PUBLIC = Visibility(frozenset({OPEN}))
+ALL = Visibility(frozenset(STATES))
+_BY_ROLE = {ANONYMOUS: PUBLIC, CONTRIBUTOR: PUBLIC,
+            EVALUATOR: Visibility(frozenset({OPEN, SEQUESTERED})), ADMIN: ALL}
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str  # token name, "anonymous", "single-user", or the calling AE title
+    role: str
+
+    @property
+    def visibility(self) -> Visibility:
+        return _BY_ROLE[self.role]
+
+    @property
+    def can_store(self) -> bool:
+        return self.role in (CONTRIBUTOR, ADMIN)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
+
+
+SINGLE_USER = Principal("single-user", ADMIN)
+ANONYMOUS_PRINCIPAL = Principal("anonymous", ANONYMOUS)
+PRINCIPAL = "principal"  # request key
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    """A fresh bearer token (256 random bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+class Authenticator:
+    def __init__(self, tokens: list[TokenConfig], aes: list[AeRoleConfig]) -> None:
+        self._tokens = list(tokens)
+        self._aes = list(aes)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Authenticator:
+        return cls(cfg.auth.tokens, cfg.dimse.ae)
+
+    @property
+    def single_user(self) -> bool:
+        return not self._tokens
+
+    def principal(self, authorization: str | None) -> Principal | None:
+        """The caller of an HTTP request; None when a token was given and is not valid."""
+        if self.single_user:
+            return SINGLE_USER
+        if not authorization:
+            return ANONYMOUS_PRINCIPAL
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        digest = token_hash(token.strip())
+        found = None
+        for entry in self._tokens:  # compare with every entry: time does not tell which matched
+            if hmac.compare_digest(entry.sha256, digest):
+                found = entry
+        return Principal(found.name, found.role) if found else None
+
+    def dimse_principal(self, ae_title: str, host: str) -> Principal:
+        """The role of a calling AE (``[[dimse.ae]]``); unlisted callers are anonymous, and with
+        neither tokens nor AE entries configured (single-user) every caller is admin."""
+        if self.single_user and not self._aes:
+            return SINGLE_USER
+        ae = ae_title.strip()
+        for entry in self._aes:
+            if entry.ae_title == ae and (not entry.host or entry.host == host):
+                return Principal(ae, entry.role)
+        return Principal(ae or "anonymous", ANONYMOUS)
+
+
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Attach the caller to the request; a token that is not valid is 401 (logged without it)."""
+    if request.path == "/healthz" or request.method == "OPTIONS":
+        request[PRINCIPAL] = ANONYMOUS_PRINCIPAL
+        return await handler(request)
+    principal = request.app[AUTHENTICATOR].principal(request.headers.get("Authorization"))
+    if principal is None:
+        log.warning("authentication failed: %s %s from %s (token not valid)", request.method,
+                    request.path, request.remote)
+        raise web.HTTPUnauthorized(text="the bearer token is not valid",
+                                   headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+def principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+def visibility(request: web.Request) -> Visibility:
+    return request[PRINCIPAL].visibility
+
+
+def require_store(request: web.Request) -> Principal:
+    """401 without a token, 403 with one whose role may not store."""
+    return _require(request, lambda p: p.can_store, "storing needs a contributor or admin token")
+
+
+def require_admin(request: web.Request) -> Principal:
+    return _require(request, lambda p: p.is_admin, "this operation needs an admin token")
+
+
+def _require(request: web.Request, allowed: Callable[[Principal], bool], what: str) -> Principal:
+    p = principal(request)
+    if allowed(p):
+        return p
+    if p.role == ANONYMOUS:
+        raise web.HTTPUnauthorized(text=what, headers={"WWW-Authenticate": "Bearer"})
+    log.warning("forbidden: %s %s by %s (role %s)", request.method, request.path, p.name, p.role)
+    raise web.HTTPForbidden(text=what)
