@@ -169,7 +169,8 @@ async def _resources(app: web.Application, store_factory: StoreFactory) -> Async
     engine = create_engine(cfg.database_url, cfg.database.echo)
     await init_schema(engine)
     harmonizer = await asyncio.to_thread(load_harmonizer, cfg)
-    writer = IndexWriter(engine, cfg.ingest.duplicate_policy, sync_writer_engine(engine), harmonizer)
+    writer = IndexWriter(engine, cfg.ingest.duplicate_policy, sync_writer_engine(engine), harmonizer,
+                         cfg.release)
     app[keys.STORE] = store
     app[keys.ENGINE] = engine
     app[keys.READER] = IndexReader(engine)

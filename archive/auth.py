@@ -25,8 +25,9 @@ from archive.config import AeRoleConfig, Config, TokenConfig
 log = logging.getLogger("archive.auth")
 
 ANONYMOUS, CONTRIBUTOR, EVALUATOR, ADMIN = "anonymous", "contributor", "evaluator", "admin"
-OPEN, SEQUESTERED, QUARANTINED = "open", "sequestered", "quarantined"
-STATES = (OPEN, SEQUESTERED, QUARANTINED)
+# "pending": stored, not yet released as open nor sequestered (archive.release); admin only.
+OPEN, SEQUESTERED, QUARANTINED, PENDING = "open", "sequestered", "quarantined", "pending"
+STATES = (OPEN, SEQUESTERED, QUARANTINED, PENDING)
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,29 @@ class HarmonizeConfig:
 
 
 @dataclass
+class ReleaseConfig:
+    """``[release]``: release states of new patients and the sequestration rule."""
+
+    # State of a patient when its first instance arrives: "open" (public at once) or "pending"
+    # (visible to admins only until `imaging-archive sequester` or an admin releases it).
+    initial_state: str = "open"
+    # Assign each new patient at ingest by the sequestration rule, keeping the running balance
+    # of its stratum (instead of initial_state).
+    assign_on_ingest: bool = False
+    # Share of patients sequestered, per site and stratum.
+    fraction: float = 0.2
+    # Seed of the rule's random draws (the same seed gives the same assignment).
+    seed: int = 1
+    # Strata: any of covid, age_band, race, sex, ethnicity.
+    strata: list[str] = field(default_factory=lambda: ["covid", "age_band", "race", "sex", "ethnicity"])
+    # A stratum of at least this many patients is split exactly; a smaller one is drawn per patient.
+    min_stratum: int = 5
+    # Public aggregate counts (cohort counts and facets for callers who are not evaluators or
+    # admins) below this are shown as "<N", so that small groups cannot be singled out.
+    min_cell_count: int = 10
+
+
+@dataclass
 class TokenConfig:
     name: str
     role: str
@@ -183,6 +206,7 @@ class Config:
     render: RenderConfig = field(default_factory=RenderConfig)
     harmonize: HarmonizeConfig = field(default_factory=HarmonizeConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
     log: LogConfig = field(default_factory=LogConfig)
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -227,6 +251,7 @@ _SECTIONS: dict[str, type] = {
     "render": RenderConfig,
     "harmonize": HarmonizeConfig,
     "auth": AuthConfig,
+    "release": ReleaseConfig,
     "log": LogConfig,
 }
 
@@ -373,6 +398,15 @@ def _validate(cfg: Config) -> None:
         check_ae_title(entry.ae_title, "[[dimse.ae]] ae_title")
         if entry.role not in ROLES:
             raise ConfigError(f"[[dimse.ae]] {entry.ae_title!r}: role must be one of {', '.join(ROLES)}")
+    if cfg.release.initial_state not in ("open", "pending"):
+        raise ConfigError('[release] initial_state must be "open" or "pending"')
+    if not 0 < cfg.release.fraction < 1:
+        raise ConfigError("[release] fraction must be between 0 and 1")
+    unknown = set(cfg.release.strata) - {"covid", "age_band", "race", "sex", "ethnicity"}
+    if unknown:
+        raise ConfigError(f"[release] strata: unknown {', '.join(sorted(unknown))}")
+    if cfg.release.min_stratum < 1 or cfg.release.min_cell_count < 0:
+        raise ConfigError("[release] min_stratum must be at least 1 and min_cell_count not negative")
     if not 0 <= cfg.harmonize.threshold <= 1:
         raise ConfigError("[harmonize] threshold must be between 0 and 1")
     if cfg.harmonize.override_file and not cfg.resolve(cfg.harmonize.override_file).is_file():

@@ -23,12 +23,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archive.config import ReleaseConfig
 from archive.dicom.procedure import PROCEDURE_CODE_SEQUENCE
 from archive.harmonize import Harmonizer
 from archive.index.procedures import place_studies
 from archive.index.schema import instances, patients, series, studies
 from archive.index.values import column_values, normalize_pn
 from archive.query.attributes import Level
+from archive.release.assign import assign_pending_on_ingest
 
 
 class Outcome(Enum):
@@ -71,6 +73,7 @@ class _Deltas:
     studies_touched: set[int] = field(default_factory=set)
     # Series an instance was removed from (overwrite): dropped if that left them empty.
     series_removed_from: set[int] = field(default_factory=set)
+    new_patients: set[str] = field(default_factory=set)  # PatientIDs this batch created
 
 
 _KNOWN_MAX = 20_000
@@ -84,8 +87,12 @@ class IndexWriter:
     uploads while ingest runs); on other engines through ``AsyncConnection.run_sync``."""
 
     def __init__(self, engine: AsyncEngine, duplicate_policy: str = "reject",
-                 sync_engine: Engine | None = None, harmonizer: Harmonizer | None = None) -> None:
+                 sync_engine: Engine | None = None, harmonizer: Harmonizer | None = None,
+                 release: ReleaseConfig | None = None) -> None:
         self.engine = engine
+        # New patients start pending when the sequestration rule (or an admin) is to place them.
+        self.release = release or ReleaseConfig()
+        self._initial_state = "pending" if self.release.assign_on_ingest else self.release.initial_state
         self.harmonizer = harmonizer  # places each touched study on a LOINC procedure
         self.duplicate_policy = duplicate_policy
         self._sync_engine = sync_engine
@@ -186,6 +193,8 @@ class IndexWriter:
         self._apply(conn, deltas)
         if self.harmonizer is not None:
             place_studies(conn, self.harmonizer, deltas.studies_touched | set(deltas.study_instances))
+        if self.release.assign_on_ingest and deltas.new_patients:
+            assign_pending_on_ingest(conn, self.release, sorted(deltas.new_patients))
         return results, bool(deltas.series_removed_from)
 
     @staticmethod
@@ -235,9 +244,11 @@ class IndexWriter:
                 cache[("study", uid)] = pk
         new_studies = {u: r for u, r in want_studies.items() if ("study", u) not in cache}
         if new_studies:
-            patient_rows = {_patient_key(r): _patient_row(r) for r in new_studies.values()}
-            patient_pks, _ = self._ensure(conn, patients, ("patient_id", "issuer_of_patient_id"),
-                                                patient_rows)
+            patient_rows = {_patient_key(r): {**_patient_row(r), "release_state": self._initial_state}
+                            for r in new_studies.values()}
+            patient_pks, new_patients = self._ensure(conn, patients, ("patient_id", "issuer_of_patient_id"),
+                                                     patient_rows)
+            deltas.new_patients.update(pid for pid, _ in new_patients)
             study_rows = {(u,): _study_row(r, patient_pks[_patient_key(r)])
                           for u, r in new_studies.items()}
             study_pks, _ = self._ensure(conn, studies, ("study_uid",), study_rows, absent=True)

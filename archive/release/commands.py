@@ -21,6 +21,13 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--reason", default="")
     s.add_argument("--config", help="TOML configuration file")
     s.set_defaults(func=_set)
+    q = sub.add_parser("sequester", help="assign pending patients to open or sequestered by stratified "
+                                         "random sampling, per site (admin; logged)")
+    q.add_argument("--fraction", type=float, help="share sequestered (default: [release] fraction)")
+    q.add_argument("--seed", type=int, help="seed of the draws (default: [release] seed)")
+    q.add_argument("--dry-run", action="store_true", help="print the outcome, change nothing")
+    q.add_argument("--config", help="TOML configuration file")
+    q.set_defaults(func=_sequester)
 
 
 def _set(args: argparse.Namespace) -> int:
@@ -48,4 +55,36 @@ def _set(args: argparse.Namespace) -> int:
         print(f"patient {args.patient} is {args.state} already")
     for c in changes:
         print(f"patient {c.patient_id}: {c.previous} -> {c.state}")
+    return 0
+
+
+def _sequester(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from archive.index.db import create_engine, init_schema
+    from archive.release.assign import run_sequester
+    from archive.release.sequester import balance_report, format_report
+
+    cfg = config.load(args.config)
+    rel = dataclasses.replace(cfg.release, fraction=args.fraction if args.fraction is not None
+                              else cfg.release.fraction)
+    seed = args.seed if args.seed is not None else rel.seed
+    if not 0 < rel.fraction < 1:
+        print("imaging-archive sequester: --fraction must be between 0 and 1", file=sys.stderr)
+        return 2
+
+    async def run() -> Any:
+        engine = create_engine(cfg.database_url)
+        try:
+            await init_schema(engine)
+            async with engine.begin() as conn:
+                return await conn.run_sync(run_sequester, rel, seed, f"cli:{getpass.getuser()}",
+                                           args.dry_run)
+        finally:
+            await engine.dispose()
+
+    assignment, people = asyncio.run(run())
+    print(format_report(balance_report(people, assignment.states()), assignment))
+    print(f"{len(assignment.decisions)} patient(s) assigned"
+          f"{' (dry run: nothing written)' if args.dry_run else ''}; rule: {assignment.rule}")
     return 0
