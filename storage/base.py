@@ -48,6 +48,11 @@ class BlobWriter(Protocol):
         """A local file holding the staged bytes, readable until commit/abort."""
         ...
 
+    async def replace_with(self, path: Path) -> None:
+        """Make the local file ``path`` (written beside :meth:`staged_path`, on the same file
+        system) the staged bytes instead of those written so far; ``path`` is consumed."""
+        ...
+
     async def commit(self, key: str) -> None:
         """Make the staged bytes durable under ``key`` (replacing nothing: keys are unique)."""
         ...

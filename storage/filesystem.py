@@ -81,6 +81,22 @@ class _FileWriter:
             raise _storage_error(exc, "write failed") from exc
         self.size += len(data)
 
+    def _replace_with(self, path: Path) -> int:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        os.replace(path, self._path)  # atomic: the staged name always holds a whole file
+        self._fd = os.open(self._path, os.O_WRONLY)  # reopened: _link fsyncs the new file
+        return os.fstat(self._fd).st_size
+
+    async def replace_with(self, path: Path) -> None:
+        if self._closed:
+            raise StorageError("staged blob is closed")
+        try:
+            self.size = await self._store._run(self._replace_with, Path(path))
+        except OSError as exc:
+            raise _storage_error(exc, "replace failed") from exc
+
     def _link(self, key: str, durable: bool = True) -> list[Path]:
         """fsync the staged file and give it its final name; return directories to fsync."""
         self._open()
