@@ -19,7 +19,11 @@ from collections.abc import AsyncIterable, Callable
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
+from archive.deid import DeidConfig, DeidResult
+from archive.deid.worker import Sent, deidentify_and_parse
 from archive.dicom.part10 import (
     CANNOT_UNDERSTAND,
     DOES_NOT_MATCH,
@@ -32,6 +36,7 @@ from archive.index.writer import IndexWriter, InstanceRecord, Outcome
 from storage.base import BlobStore, BlobWriter, StorageError, StorageFullError
 
 log = logging.getLogger("archive.ingest")
+T = TypeVar("T")
 
 
 # Most instances one group commit takes (bounds the index transaction).
@@ -59,6 +64,10 @@ class IngestResult:
     study_uid: str | None = None
     series_uid: str | None = None
     outcome: Outcome | None = None
+    # De-identified (archive.deid): stored under pseudonyms; the sender's SOP Instance UID, for
+    # its answer (STOW-RS Warning Reason / C-STORE status 0xB000, coercion of data elements).
+    coerced: bool = False
+    sent_sop_uid: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,12 +82,13 @@ class Expected:
     sop_class_uid: str | None = None  # C-STORE Affected SOP Class UID
     sop_uid: str | None = None  # C-STORE Affected SOP Instance UID
 
-    def mismatch(self, parsed: ParsedInstance) -> str | None:
+    def mismatch(self, parsed: ParsedInstance | Sent) -> str | None:
+        sop_uid = parsed.sop_uid if isinstance(parsed, Sent) else parsed.sop_instance_uid
         if self.study_uid is not None and parsed.study_uid != self.study_uid:
             return "StudyInstanceUID differs from the study in the request URL"
         if self.sop_class_uid is not None and parsed.sop_class_uid != self.sop_class_uid:
             return "SOPClassUID differs from the Affected SOP Class UID of the request"
-        if self.sop_uid is not None and parsed.sop_instance_uid != self.sop_uid:
+        if self.sop_uid is not None and sop_uid != self.sop_uid:
             return "SOPInstanceUID differs from the Affected SOP Instance UID of the request"
         return None
 
@@ -158,8 +168,10 @@ class Ingest:
     :meth:`store_instance` does all three for one instance."""
 
     def __init__(self, store: BlobStore, writer: IndexWriter, bulk_data_threshold: int = 1024,
-                 pool_factory: Callable[[], Executor] | None = None, max_instance_size: int = 0) -> None:
+                 pool_factory: Callable[[], Executor] | None = None, max_instance_size: int = 0,
+                 deid: DeidConfig | None = None) -> None:
         self.store = store
+        self.deid = deid  # de-identify every instance before it is stored (archive.deid)
         self.max_size = max_instance_size  # bytes as sent; 0: no limit
         self.writer = writer
         self.threshold = bulk_data_threshold
@@ -183,10 +195,13 @@ class Ingest:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     async def _parse(self, path: str, digest: tuple[int, str] | None) -> tuple[ParsedInstance, bytes]:
+        return await self._in_pool(parse_and_encode, path, self.threshold, digest)
+
+    async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         pool = self._pool
         try:
-            return await loop.run_in_executor(pool, parse_and_encode, path, self.threshold, digest)
+            return await loop.run_in_executor(pool, fn, *args)
         except BrokenProcessPool:
             # A worker died (killed, out of memory, a crash in a codec): start a new pool and
             # give this instance one more try; if it kills that one too, it is refused.
@@ -196,8 +211,7 @@ class Ingest:
                 pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._pool_factory()
             try:
-                return await loop.run_in_executor(self._pool, parse_and_encode, path,
-                                                  self.threshold, digest)
+                return await loop.run_in_executor(self._pool, fn, *args)
             except BrokenProcessPool:
                 raise InvalidInstance("the parser could not process this file") from None
 
@@ -231,22 +245,38 @@ class Ingest:
     async def finish(self, staged: Staged, expected: Expected | None = None) -> Prepared | IngestResult:
         """Parse and validate a received instance; a failure discards its staged blob."""
         blob = staged.blob
+        deid: DeidResult | None = None
+        sent: Sent | None = None
         try:
-            parsed, meta_json = await self._parse(str(blob.staged_path()), staged.digest.result())
+            if self.deid is None:
+                parsed, meta_json = await self._parse(str(blob.staged_path()), staged.digest.result())
+            else:
+                parsed, meta_json, deid, sent, out = await self._in_pool(
+                    deidentify_and_parse, str(blob.staged_path()), self.threshold, self.deid)
+                await blob.replace_with(Path(out))
         except InvalidInstance as exc:
             await blob.abort()
             return IngestResult(exc.status, str(exc))
+        except StorageError as exc:
+            await blob.abort()
+            log.error("storage error while de-identifying: %s", exc)
+            return IngestResult(PROCESSING_FAILURE, "storage error")
         except BaseException:
             await blob.abort()
             raise
         result = IngestResult(0, "", parsed.sop_class_uid, parsed.sop_instance_uid,
                               parsed.study_uid, parsed.series_uid)
+        if sent is not None:
+            result.sent_sop_uid, result.coerced = sent.sop_uid, True
         if parsed.meta_mismatch:
             log.warning("accepted sop=%s whose File Meta names another SOP Class/Instance UID "
                         "(the data set's are used)", parsed.sop_instance_uid)
-        problem = expected.mismatch(parsed) if expected is not None else None
+        problem = expected.mismatch(sent or parsed) if expected is not None else None
         if problem is not None:
             await blob.abort()
+            if sent is not None:  # answer with what the sender sent, not the pseudonyms
+                result.sop_class_uid, result.sop_uid = sent.sop_class_uid, sent.sop_uid
+                result.study_uid = result.series_uid = None
             return _failed(result, DOES_NOT_MATCH, problem)
         record = InstanceRecord(
             study_uid=parsed.study_uid, series_uid=parsed.series_uid,
@@ -254,7 +284,9 @@ class Ingest:
             transfer_syntax_uid=parsed.transfer_syntax, json=parsed.json, meta_json=meta_json,
             bulk={k: [v.offset, v.length] for k, v in parsed.bulk.items()},
             pixel=parsed.pixel.to_dict() if parsed.pixel else None,
-            sha256=parsed.sha256, size=blob.size, storage_key=storage_key(parsed))
+            sha256=parsed.sha256, size=blob.size, storage_key=storage_key(parsed),
+            quarantine_reason=deid.reason if deid is not None and deid.quarantine else None,
+            description=deid.original_study_description if deid is not None else None)
         return Prepared(blob, record, result)
 
     async def prepare(self, chunks: AsyncIterable[bytes],

@@ -43,6 +43,7 @@ log = logging.getLogger("dimse")
 T = TypeVar("T")
 
 SUCCESS = 0x0000
+COERCED = 0xB000  # PS3.4 B.2.3: Warning, Coercion of Data Elements
 PENDING = 0xFF00
 CANCEL = 0xFE00
 NOT_AUTHORIZED = 0x0124  # PS3.7 C.4: Refused: Not Authorized
@@ -165,6 +166,8 @@ class ArchiveHandlers:
         # transfer syntax (STORE_RECV_CHUNKED_DATASET): the same file STOW-RS would send.
         chunks = _file_chunks(event.dataset_path)
         result = self.bridge.call(self.ingest.store_instance(chunks, expected))
+        if result.ok and result.coerced:  # de-identified: PS3.4 B.2.3, Warning B000
+            return _status(COERCED, "stored de-identified (UIDs replaced by pseudonyms)")
         if result.ok:
             return _status(SUCCESS)
         log.warning("c-store failed sop=%s from %s: 0x%04X %s", result.sop_uid, caller.ae_title,

@@ -53,9 +53,14 @@ def _failed_item(res: IngestResult) -> dict[str, Any]:
 
 def _stored_item(res: IngestResult, base: str) -> dict[str, Any]:
     url = f"{base}/studies/{res.study_uid}/series/{res.series_uid}/instances/{res.sop_uid}"
-    return {"00081150": {"vr": "UI", "Value": [res.sop_class_uid]},
-            "00081155": {"vr": "UI", "Value": [res.sop_uid]},
+    item = {"00081150": {"vr": "UI", "Value": [res.sop_class_uid]},
+            "00081155": {"vr": "UI", "Value": [res.sent_sop_uid or res.sop_uid]},
             "00081190": {"vr": "UR", "Value": [url]}}
+    if res.coerced:
+        # PS3.18 Table 10.5.3-3: Warning Reason B000, Coercion of Data Elements (de-identified:
+        # stored under pseudonyms; the item names the instance as sent, the URL as stored).
+        item["00081196"] = {"vr": "US", "Value": [0xB000]}
+    return dict(sorted(item.items()))
 
 
 async def _receive(request: web.Request, ingest: Ingest, study: str | None,

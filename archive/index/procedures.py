@@ -8,7 +8,7 @@ change): a study's modalities, StudyDescription, first BodyPartExamined and numb
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
@@ -33,9 +33,12 @@ def placement_values(placement: Placement) -> dict[str, Any]:
             "harmonize_reason": placement.reason[:500], "harmonize_version": MAPPING_VERSION}
 
 
-def place_studies(conn: Connection, harmonizer: Harmonizer, study_pks: Iterable[int]) -> Counter[str]:
+def place_studies(conn: Connection, harmonizer: Harmonizer, study_pks: Iterable[int],
+                  descriptions: Mapping[int, str] | None = None) -> Counter[str]:
     """Re-place ``study_pks``; updates the rows whose placement changed. Returns counts by
-    outcome: "changed", "unchanged", and the ``how`` of each study's placement."""
+    outcome: "changed", "unchanged", and the ``how`` of each study's placement. ``descriptions``
+    gives the StudyDescription to place for some studies instead of the stored one (the one sent,
+    before de-identification cleaned it)."""
     counts: Counter[str] = Counter()
     pks = sorted(set(study_pks))
     for i in range(0, len(pks), _CHUNK):
@@ -51,9 +54,9 @@ def place_studies(conn: Connection, harmonizer: Harmonizer, study_pks: Iterable[
                             .where(studies.c.pk.in_(chunk)))
         changes: list[dict[str, Any]] = []
         for row in rows:
+            description = (descriptions or {}).get(row.pk, row.study_description or "")
             placement = harmonizer.place([m for m in (row.modalities or "").split("\\") if m],
-                                         row.study_description or "", body_parts.get(row.pk, ""),
-                                         row.num_instances or None)
+                                         description, body_parts.get(row.pk, ""), row.num_instances or None)
             values = placement_values(placement)
             counts[placement.how] += 1
             if any(getattr(row, c) != v for c, v in values.items()):

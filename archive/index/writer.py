@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archive.auth import QUARANTINED
 from archive.config import ReleaseConfig
 from archive.dicom.procedure import PROCEDURE_CODE_SEQUENCE
 from archive.harmonize import Harmonizer
@@ -31,6 +32,7 @@ from archive.index.schema import instances, patients, series, studies
 from archive.index.values import column_values, normalize_pn
 from archive.query.attributes import Level
 from archive.release.assign import assign_pending_on_ingest
+from archive.release.states import set_state
 
 
 class Outcome(Enum):
@@ -56,6 +58,10 @@ class InstanceRecord:
     sha256: str
     size: int
     storage_key: str
+    # De-identification flagged it (burned-in annotation...): its patient goes to quarantine.
+    quarantine_reason: str | None = None
+    # StudyDescription as sent, when the stored one was cleaned: what harmonization places.
+    description: str | None = None
 
 
 @dataclass
@@ -182,6 +188,7 @@ class IndexWriter:
             accepted.append(rec)
             pending[rec.sop_uid] = rec
             results.append(AddResult(Outcome.REPLACED if obsolete else Outcome.STORED, obsolete))
+        pks: list[tuple[int, int]] = []
         if accepted:
             pks = self._series_pks(conn, accepted, cache, deltas)
             for rec, (series_pk, study_pk) in zip(accepted, pks, strict=True):
@@ -191,8 +198,15 @@ class IndexWriter:
             rows = [self._instance_row(rec, ser) for rec, (ser, _) in zip(accepted, pks, strict=True)]
             conn.execute(instances.insert(), rows)
         self._apply(conn, deltas)
+        for rec in accepted:
+            if rec.quarantine_reason:  # de-identification flagged it: nothing of the patient is public
+                pid, issuer = _patient_key(rec)
+                set_state(conn, pid, QUARANTINED, "ingest", "deidentify", rec.quarantine_reason, issuer)
         if self.harmonizer is not None:
-            place_studies(conn, self.harmonizer, deltas.studies_touched | set(deltas.study_instances))
+            # A description de-identification cleaned is placed as it was sent.
+            sent = {study: rec.description for rec, (_, study) in zip(accepted, pks, strict=True)
+                    if rec.description}
+            place_studies(conn, self.harmonizer, deltas.studies_touched | set(deltas.study_instances), sent)
         if self.release.assign_on_ingest and deltas.new_patients:
             assign_pending_on_ingest(conn, self.release, sorted(deltas.new_patients))
         return results, bool(deltas.series_removed_from)
@@ -203,7 +217,7 @@ class IndexWriter:
         row.update(
             series_pk=series_pk, sop_uid=rec.sop_uid, sop_class_uid=rec.sop_class_uid,
             transfer_syntax_uid=rec.transfer_syntax_uid, size=rec.size, sha256=rec.sha256,
-            storage_key=rec.storage_key, meta_json=rec.meta_json,
+            storage_key=rec.storage_key, meta_json=rec.meta_json, quarantine_reason=rec.quarantine_reason,
             bulk=json.dumps(rec.bulk, separators=(",", ":")),
             pixel=json.dumps(rec.pixel, separators=(",", ":")) if rec.pixel else None)
         return row
