@@ -20,7 +20,7 @@ from archive.auth import AUTHENTICATOR, Authenticator, auth_middleware
 from archive.clinical import api as clinical_api
 from archive.cohorts import api as cohorts_api
 from archive.config import Config
-from archive.deid import DeidConfig, load_secret
+from archive.deid import DeidConfig, ensure_secret, load_secret
 from archive.dicomweb import frames, qido, rendered, stow, wado
 from archive.harmonize import Harmonizer
 from archive.index.db import create_engine, init_schema, sync_writer_engine
@@ -176,8 +176,9 @@ async def _resources(app: web.Application, store_factory: StoreFactory) -> Async
     app[keys.ENGINE] = engine
     app[keys.READER] = IndexReader(engine)
     deid = None
-    if cfg.deidentify.enabled:
-        deid = DeidConfig(secret=load_secret(cfg.resolve(cfg.deidentify.secret_file)))
+    if cfg.deid_secret_path is not None:
+        await asyncio.to_thread(ensure_secret, cfg.deid_secret_path)
+        deid = DeidConfig(secret=load_secret(cfg.deid_secret_path))
     ingest = Ingest(store, writer, cfg.ingest.bulk_data_threshold, _parse_pool_factory(cfg),
                     cfg.ingest.max_instance_size, deid)
     app[keys.INGEST] = ingest

@@ -150,7 +150,8 @@ class DeidentifyConfig:
     # Apply the PS3.15 Annex E profile to every incoming instance (off for the embedded demo).
     enabled: bool = False
     # File holding the pseudonym secret (keyed UIDs, PatientID, date shifts); required when
-    # enabled. Keep it out of the index, the logs and backups of the public side.
+    # enabled, made (random, mode 0600) at the first start if it does not exist. Keep it out of
+    # the index, the logs and backups of the public side.
     secret_file: str = ""
 
 
@@ -241,11 +242,9 @@ class Config:
     def harmonize_override_path(self) -> Path | None:
         return self.resolve(self.harmonize.override_file) if self.harmonize.override_file else None
 
-    def deid_secret(self) -> bytes | None:
-        """The pseudonym secret when de-identification is on (read from ``secret_file``)."""
-        if not self.deidentify.enabled:
-            return None
-        return self.resolve(self.deidentify.secret_file).read_bytes().strip()
+    @property
+    def deid_secret_path(self) -> Path | None:
+        return self.resolve(self.deidentify.secret_file) if self.deidentify.enabled else None
 
     @property
     def database_url(self) -> str:
@@ -417,13 +416,9 @@ def _validate(cfg: Config) -> None:
         check_ae_title(entry.ae_title, "[[dimse.ae]] ae_title")
         if entry.role not in ROLES:
             raise ConfigError(f"[[dimse.ae]] {entry.ae_title!r}: role must be one of {', '.join(ROLES)}")
-    if cfg.deidentify.enabled:
-        secret = cfg.resolve(cfg.deidentify.secret_file) if cfg.deidentify.secret_file else None
-        if secret is None or not secret.is_file():
-            raise ConfigError("[deidentify] enabled needs secret_file: a file holding the pseudonym "
-                              "secret (e.g. head -c 32 /dev/urandom | base64 > deid.secret)")
-        if len(secret.read_bytes().strip()) < 16:
-            raise ConfigError(f"[deidentify] secret_file {secret}: the secret must be at least 16 bytes")
+    if cfg.deidentify.enabled and not cfg.deidentify.secret_file:
+        raise ConfigError("[deidentify] enabled needs secret_file: the file of the pseudonym secret "
+                          "(made at the first start when it does not exist)")
     if cfg.release.initial_state not in ("open", "pending"):
         raise ConfigError('[release] initial_state must be "open" or "pending"')
     if not 0 < cfg.release.fraction < 1:

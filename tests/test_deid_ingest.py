@@ -142,3 +142,14 @@ def test_cstore_answers_coercion_and_stores_deidentified(tmp_path: Path) -> None
 @pytest.fixture(autouse=True)
 def _needs_dcmtk() -> None:
     tool("storescu")
+
+
+async def test_a_missing_secret_is_made_at_the_first_start(aiohttp_client, tmp_path: Path) -> None:
+    cfg_path = _config(tmp_path)
+    secret = tmp_path / "deid.secret"
+    secret.unlink()
+    client = await aiohttp_client(create_app(load(cfg_path)))
+    assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_bytes().strip()) >= 32
+    made = secret.read_bytes()
+    await _stow(client, [synth.instance(patient_id="FIRST-START")])
+    assert secret.read_bytes() == made  # kept: the next start uses it

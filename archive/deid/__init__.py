@@ -14,8 +14,10 @@ The secret is never logged, never written, and not in ``repr(DeidConfig)``.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import secrets
 import stat
 import struct
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ from archive.deid.profile import (
     pseudonym_uid,
 )
 
-__all__ = ["DeidConfig", "DeidResult", "deidentify", "deidentify_file", "load_secret"]
+__all__ = ["DeidConfig", "DeidResult", "deidentify", "deidentify_file", "ensure_secret", "load_secret"]
 
 log = logging.getLogger("archive.deid")
 
@@ -102,6 +104,21 @@ class DeidResult:
     quarantine: bool
     reason: str
     original_study_description: str
+
+
+def ensure_secret(path: str | os.PathLike[str]) -> bool:
+    """Make a new random secret at ``path`` (mode 0600) if there is none; True if it was made.
+    Losing it later breaks the linkage of a patient's next studies to the earlier ones."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(base64.urlsafe_b64encode(secrets.token_bytes(32)) + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("made a new pseudonym secret in %s: keep it safe and backed up, apart from the data", path)
+    return True
 
 
 def load_secret(path: str | os.PathLike[str]) -> bytes:
