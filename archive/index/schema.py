@@ -220,3 +220,12 @@ cohorts = Table(
     Column("filters", Text, nullable=False),  # JSON: the normalized filter object
     Column("created", DateTime, server_default=func.now()),
 )
+
+# Cohort queries (archive.cohorts, bench/cohort.py): the usual demographic selection (COVID-19
+# status, sex, an age range) is one range of one index, and a patient's studies in a date range
+# are found without reading their rows. A case finds its patient by PatientID and release state
+# in one index: with only ux_patients_id and ix_patients_release, SQLite without statistics (the
+# archive never runs ANALYZE) may look the patient up by release state, i.e. scan every open one.
+Index("ix_cases_cohort", cases.c.covid19_positive, cases.c.sex, cases.c.age_at_index)
+Index("ix_studies_patient_date", studies.c.patient_pk, studies.c.study_date)
+Index("ix_patients_id_release", patients.c.patient_id, patients.c.release_state)

@@ -1,0 +1,189 @@
+"""HTTP front end of cohorts (docs/cohorts.md). JSON in and out; errors are
+``{"ok": false, "error": ..., "field": ...}`` with 400 (bad request, naming the field), 404
+(unknown cohort) or 415 (not JSON).
+
+- ``POST /api/cohorts/query``: ``{"filters": {...}, "limit": 100, "offset": 0, "facets": true}`` ->
+  counts, facets and a page of studies;
+- ``POST /api/cohorts`` ``{"name", "filters"}`` -> 201, the saved cohort; ``GET /api/cohorts``;
+  ``GET /api/cohorts/{id}`` (with current counts); ``DELETE /api/cohorts/{id}``;
+- ``GET /api/cohorts/{id}/manifest?format=json|csv``: one row per series, streamed;
+- ``GET /api/cohorts/{id}/zip``: every instance of the cohort's studies, one streamed zip (the
+  layout of the study download, archive/dicomweb/zipstream.py).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from archive import keys
+from archive.cohorts import manifest, store
+from archive.cohorts.filters import FilterError, parse_filters
+from archive.cohorts.query import cohort_counts, run_query, study_pks
+from archive.dicomweb import zipstream
+from archive.dicomweb.media import base_url
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10_000
+MAX_OFFSET = 1_000_000_000
+_QUERY_KEYS = ("filters", "limit", "offset", "facets")
+_SAVE_KEYS = ("name", "filters")
+
+
+def _problem(status: int, reason: str, field: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"ok": False, "error": reason}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status)
+
+
+class _BadRequest(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+async def _json_object(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if request.content_type.lower() != "application/json":
+        raise _BadRequest(_problem(415, f"Content-Type {request.content_type or '(none)'} is not "
+                                        "supported: send application/json"))
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors; absurd nesting
+        raise _BadRequest(_problem(400, f"the body is not valid JSON: {str(exc)[:200]}")) from None
+    if not isinstance(body, dict):
+        raise _BadRequest(_problem(400, "the body must be a JSON object"))
+    for key in body:
+        if key not in allowed:
+            raise _BadRequest(_problem(400, f"unknown key {str(key)[:80]!r}; the keys are "
+                                            f"{', '.join(allowed)}", str(key)[:80]))
+    return body
+
+
+def _whole(body: dict[str, Any], name: str, default: int, maximum: int) -> int:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise FilterError(name, f"{value!r}: give a whole number from 0 to {maximum}")
+    return value
+
+
+async def query(request: web.Request) -> web.Response:
+    """POST /api/cohorts/query."""
+    try:
+        body = await _json_object(request, _QUERY_KEYS)
+        filters = parse_filters(body.get("filters"))
+        limit = _whole(body, "limit", DEFAULT_LIMIT, MAX_LIMIT)
+        offset = _whole(body, "offset", 0, MAX_OFFSET)
+        facets = body.get("facets", True)
+        if not isinstance(facets, bool):
+            raise FilterError("facets", f"{facets!r} is not true or false")
+    except _BadRequest as exc:
+        return exc.response
+    except FilterError as exc:
+        return _problem(400, str(exc), exc.field)
+    result = await run_query(request.app[keys.ENGINE], filters, base_url(request),
+                             limit=limit, offset=offset, facets=facets)
+    return web.json_response(result.to_json())
+
+
+def _api_root(request: web.Request) -> str:
+    """Where /api is as the client sees it: beside the DICOMweb root (``[http] base_url`` when
+    set, e.g. behind a proxy), else this request's host."""
+    dicomweb = base_url(request)
+    if dicomweb.endswith("/dicom-web"):
+        return dicomweb.removesuffix("/dicom-web")
+    return f"{request.scheme}://{request.host}"
+
+
+def _links(request: web.Request, cohort_id: str) -> dict[str, str]:
+    here = f"{_api_root(request)}/api/cohorts/{cohort_id}"
+    return {"self": here, "manifest": here + "/manifest?format=json",
+            "manifest_csv": here + "/manifest?format=csv", "zip": here + "/zip"}
+
+
+async def save(request: web.Request) -> web.Response:
+    """POST /api/cohorts: 201 with the cohort's id and its normalized filters."""
+    try:
+        body = await _json_object(request, _SAVE_KEYS)
+        name = store.check_name(body.get("name"))
+        filters = parse_filters(body.get("filters"))
+    except _BadRequest as exc:
+        return exc.response
+    except FilterError as exc:
+        return _problem(400, str(exc), exc.field)
+    cohort = await store.save(request.app[keys.ENGINE], name, filters)
+    links = _links(request, cohort.id)
+    return web.json_response({**cohort.to_json(), "links": links}, status=201,
+                             headers={"Location": f"/api/cohorts/{cohort.id}"})
+
+
+async def list_cohorts(request: web.Request) -> web.Response:
+    """GET /api/cohorts: the saved definitions, oldest first (no counts: one query each)."""
+    found = await store.list_all(request.app[keys.ENGINE])
+    return web.json_response([{**c.to_json(), "links": _links(request, c.id)} for c in found])
+
+
+async def _saved(request: web.Request) -> store.SavedCohort:
+    cohort = await store.get(request.app[keys.ENGINE], request.match_info["id"])
+    if cohort is None:
+        raise web.HTTPNotFound(text=json.dumps({"ok": False, "error": "no such cohort"}),
+                               content_type="application/json")
+    return cohort
+
+
+async def get_cohort(request: web.Request) -> web.Response:
+    """GET /api/cohorts/{id}: the definition and its current counts."""
+    cohort = await _saved(request)
+    counts = await cohort_counts(request.app[keys.ENGINE], cohort.parsed())
+    return web.json_response({**cohort.to_json(), "counts": counts.to_json(),
+                              "links": _links(request, cohort.id)})
+
+
+async def delete_cohort(request: web.Request) -> web.Response:
+    """DELETE /api/cohorts/{id}: 204; the studies are not touched."""
+    if not await store.remove(request.app[keys.ENGINE], request.match_info["id"]):
+        return _problem(404, "no such cohort")
+    return web.Response(status=204)
+
+
+async def get_manifest(request: web.Request) -> web.StreamResponse:
+    """GET /api/cohorts/{id}/manifest?format=json|csv (json by default)."""
+    fmt = request.query.get("format", "json").lower()
+    if fmt not in manifest.FORMATS:
+        return _problem(400, f"format={fmt[:20]!r}: give json or csv", "format")
+    cohort = await _saved(request)
+    engine = request.app[keys.ENGINE]
+    pks = await study_pks(engine, cohort.parsed())
+    base = base_url(request)
+    response = web.StreamResponse(headers={
+        "Content-Type": f"{manifest.FORMATS[fmt]}; charset=utf-8",
+        "Content-Disposition": f'attachment; filename="cohort-{cohort.id}.{fmt}"'})
+    await response.prepare(request)
+    header = {**cohort.to_json(), "dicomweb": base}
+    async for chunk in manifest.manifest_chunks(fmt, header, manifest.series_rows(engine, pks, base)):
+        await response.write(chunk.encode("utf-8"))
+    await response.write_eof()
+    return response
+
+
+async def get_zip(request: web.Request) -> web.StreamResponse:
+    """GET /api/cohorts/{id}/zip: ``{study}/{series}/{instance}.dcm`` for every instance."""
+    cohort = await _saved(request)
+    engine = request.app[keys.ENGINE]
+    pks = await study_pks(engine, cohort.parsed())
+    return await zipstream.stream_zip(request, manifest.instances_of(engine, pks), f"cohort-{cohort.id}")
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the cohort routes on ``app``."""
+    r = app.router
+    r.add_post("/api/cohorts/query", query)
+    r.add_post("/api/cohorts", save)
+    r.add_get("/api/cohorts", list_cohorts)
+    r.add_get("/api/cohorts/{id}", get_cohort)
+    r.add_delete("/api/cohorts/{id}", delete_cohort)
+    r.add_get("/api/cohorts/{id}/manifest", get_manifest)
+    r.add_get("/api/cohorts/{id}/zip", get_zip)

@@ -1,0 +1,265 @@
+"""Cohort SQL: the studies a :class:`CohortFilters` selects, their counts, facets and a page.
+
+Every statement is built by :func:`cohort_select`, the one place that joins the tables and
+applies the filters, with the caller's ``base`` conditions (e.g. an access rule that hides some
+patients) ANDed in. DICOM filters get their SQL from :func:`archive.query.sql.where_clause`, the
+matching rules of QIDO-RS and C-FIND; clinical filters join ``cases`` on the patient's PatientID
+(MIDRC's case submitter_id): a study whose patient has no case matches no clinical filter.
+
+Counts and facets are aggregates of one statement over the cohort, materialized once as a CTE,
+so the filters are evaluated once however many facets are asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from archive.cohorts.filters import AGE_OVER_89, CohortFilters, Range
+from archive.index.schema import cases, patients, series, studies
+from archive.query.attributes import Level
+from archive.query.model import Query
+from archive.query.sql import where_clause
+
+# CDC age bands (as CDC's COVID-19 data tracker groups ages); an age over 89 is 85+.
+AGE_GROUPS = ("0-17", "18-29", "30-39", "40-49", "50-64", "65-74", "75-84", "85+", "unknown")
+_AGE_UPPER = ((18, "0-17"), (30, "18-29"), (40, "30-39"), (50, "40-49"), (65, "50-64"),
+              (75, "65-74"), (85, "75-84"))
+FACETS = ("modality", "loinc", "body_region", "sex", "age_group", "race", "ethnicity",
+          "covid19_positive", "study_year", "manufacturer")
+_TOTALS = "#totals"
+Base = Sequence[ColumnElement[bool]]
+
+
+def _between(col: Any, bounds: Range) -> ColumnElement[bool]:
+    parts = []
+    if bounds.min is not None:
+        parts.append(col >= bounds.min)
+    if bounds.max is not None:
+        parts.append(col <= bounds.max)
+    return and_(*parts)
+
+
+def _over_89() -> ColumnElement[bool]:
+    return cases.c.age_at_index_gt89 == "Yes"
+
+
+def _age_condition(bounds: Range) -> ColumnElement[bool]:
+    """An age range; a case flagged over 89 is 90 (its age_at_index, if any, is a capped 89)."""
+    numeric = and_(or_(cases.c.age_at_index_gt89.is_(None), ~_over_89()),
+                   _between(cases.c.age_at_index, bounds))
+    if bounds.max is not None and bounds.max < AGE_OVER_89:
+        return numeric
+    return or_(numeric, _over_89())
+
+
+def dicom_conditions(filters: CohortFilters) -> list[ColumnElement[bool]]:
+    """The DICOM filters as the query model's SQL: plain matches as one study-level Query, each
+    group of wildcard alternatives as an OR of one-match queries."""
+    conds = where_clause(filters.study_query())
+    for group in filters.dicom:
+        if len(group) > 1:
+            conds.append(or_(*(and_(*where_clause(Query(Level.STUDY, [m]))) for m in group)))
+    return conds
+
+
+def filter_conditions(filters: CohortFilters) -> list[ColumnElement[bool]]:
+    conds = dicom_conditions(filters)
+    if filters.body_region:
+        conds.append(studies.c.loinc_region.in_(filters.body_region))
+    for name, values in filters.enums.items():
+        conds.append(cases.c[name].in_(values))
+    if filters.age is not None:
+        conds.append(_age_condition(filters.age))
+    for name, flag in filters.booleans.items():
+        conds.append(cases.c[name].is_(flag))
+    if filters.images is not None:
+        conds.append(_between(studies.c.num_instances, filters.images))
+    if filters.series is not None:
+        conds.append(_between(studies.c.num_series, filters.series))
+    return conds
+
+
+def cohort_select(filters: CohortFilters, columns: Sequence[Any], base: Base = ()) -> Select[Any]:
+    """SELECT ``columns`` FROM the cohort's studies: studies ⋈ patients ⟕ cases (an inner join
+    when a clinical filter is given), WHERE ``base`` AND the filters. One row per study."""
+    frm = studies.join(patients, studies.c.patient_pk == patients.c.pk).join(
+        cases, cases.c.submitter_id == patients.c.patient_id, isouter=not filters.clinical)
+    return select(*columns).select_from(frm).where(*base, *filter_conditions(filters))
+
+
+@dataclass
+class Counts:
+    patients: int = 0
+    studies: int = 0
+    series: int = 0
+    instances: int = 0
+    bytes: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class CohortResult:
+    filters: dict[str, Any]
+    counts: Counts
+    facets: dict[str, list[dict[str, Any]]] | None
+    studies: list[dict[str, Any]]
+    limit: int
+    offset: int
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"filters": self.filters, "counts": self.counts.to_json()}
+        if self.facets is not None:
+            out["facets"] = self.facets
+        out.update(studies=self.studies, limit=self.limit, offset=self.offset,
+                   more=self.offset + len(self.studies) < self.counts.studies)
+        return out
+
+
+def _age_group() -> ColumnElement[str]:
+    whens: list[tuple[Any, str]] = [(_over_89(), "85+"), (cases.c.age_at_index.is_(None), "unknown")]
+    whens += [(cases.c.age_at_index < upper, label) for upper, label in _AGE_UPPER]
+    return case(*whens, else_="85+")
+
+
+def _statistics_statement(filters: CohortFilters, base: Base, facets: bool) -> Select[Any]:
+    """Totals and (with ``facets``) every facet, as one UNION ALL of GROUP BYs over the
+    materialized cohort: rows of (facet, value, name, studies, patients, series, instances, bytes)."""
+    cohort = cohort_select(filters, [
+        studies.c.pk.label("study_pk"), studies.c.patient_pk, studies.c.num_series,
+        studies.c.num_instances, studies.c.size, studies.c.loinc_code, studies.c.loinc_name,
+        studies.c.loinc_region, func.substr(studies.c.study_date, 1, 4).label("year"),
+        cases.c.sex, cases.c.race, cases.c.ethnicity, cases.c.covid19_positive,
+        _age_group().label("age_group")], base).cte("cohort")
+    if facets:
+        cohort = cohort.prefix_with("MATERIALIZED")  # used by every member below
+    c = cohort.c
+    totals = select(literal(_TOTALS), cast(null(), String), cast(null(), String),
+                    func.count(), func.count(func.distinct(c.patient_pk)),
+                    func.coalesce(func.sum(c.num_series), 0), func.coalesce(func.sum(c.num_instances), 0),
+                    func.coalesce(func.sum(c.size), 0)).select_from(cohort)
+    if not facets:
+        return totals
+    members: list[Select[Any]] = [totals]
+
+    def facet(name: str, value: Any, label: Any = None, of: Any = cohort) -> None:
+        # Over the cohort a row is a study; over cohort_series a study may have several rows.
+        n_studies = func.count() if of is cohort else func.count(func.distinct(of.c.study_pk))
+        group = [value] if label is None else [value, label]
+        members.append(select(literal(name), cast(value, String),
+                              cast(null(), String) if label is None else label,
+                              n_studies, func.count(func.distinct(of.c.patient_pk)),
+                              null(), null(), null()).select_from(of).group_by(*group))
+
+    # Series-level attributes: a study counts once under each value its series have. The join
+    # is materialized on its own: grouped directly, SQLite may scan every series by modality
+    # (for the order) and probe the cohort, instead of probing the series of the cohort's studies.
+    joined = select(c.study_pk, c.patient_pk, series.c.modality, series.c.manufacturer).select_from(
+        cohort.join(series, series.c.study_pk == c.study_pk)).cte("cohort_series").prefix_with("MATERIALIZED")
+    facet("modality", joined.c.modality, of=joined)
+    facet("loinc", c.loinc_code, c.loinc_name)
+    facet("body_region", c.loinc_region)
+    for name in ("sex", "age_group", "race", "ethnicity", "covid19_positive"):
+        facet(name, c[name])
+    facet("study_year", c.year)
+    facet("manufacturer", joined.c.manufacturer, of=joined)
+    return union_all(*members)  # type: ignore[return-value]
+
+
+def _facet_order(name: str, entry: dict[str, Any]) -> tuple[Any, ...]:
+    if name == "age_group":
+        return (AGE_GROUPS.index(entry["value"]),)
+    if name == "study_year":
+        return (entry["value"] is None, entry["value"] or "")
+    return (-entry["studies"], entry["value"] is None, entry["value"] or "")
+
+
+async def statistics(conn: AsyncConnection, filters: CohortFilters, base: Base = (),
+                     facets: bool = True) -> tuple[Counts, dict[str, list[dict[str, Any]]] | None]:
+    """The cohort's counts and (with ``facets``) facets: value -> studies and patients, most
+    studies first (age groups in band order, years in order); null is "no value"."""
+    counts = Counts()
+    found: dict[str, list[dict[str, Any]]] = {name: [] for name in FACETS}
+    for row in (await conn.execute(_statistics_statement(filters, base, facets))).all():
+        name, value, label, n_studies, n_patients, n_series, n_instances, n_bytes = row
+        if name == _TOTALS:
+            counts = Counts(int(n_patients), int(n_studies), int(n_series), int(n_instances), int(n_bytes))
+            continue
+        entry: dict[str, Any] = {"value": value}
+        if name == "loinc":
+            entry["name"] = label
+        entry.update(studies=n_studies, patients=n_patients)
+        found[name].append(entry)
+    if not facets:
+        return counts, None
+    return counts, {name: sorted(entries, key=lambda e, n=name: _facet_order(n, e))
+                    for name, entries in found.items()}
+
+
+_PAGE_COLUMNS = (studies.c.study_uid, patients.c.patient_id, studies.c.study_date,
+                 studies.c.study_description, studies.c.modalities, studies.c.loinc_code,
+                 studies.c.loinc_name, studies.c.loinc_region, studies.c.num_series,
+                 studies.c.num_instances, studies.c.size)
+
+
+def study_url(base_url: str, study_uid: str) -> str:
+    return f"{base_url}/studies/{study_uid}"
+
+
+async def study_page(conn: AsyncConnection, filters: CohortFilters, limit: int, offset: int,
+                     base_url: str, base: Base = ()) -> list[dict[str, Any]]:
+    """A page of the cohort's studies in a stable order (as stored), with their DICOMweb URLs."""
+    stmt = cohort_select(filters, _PAGE_COLUMNS, base).order_by(studies.c.pk).limit(limit).offset(offset)
+    out = []
+    for r in (await conn.execute(stmt)).all():
+        url = study_url(base_url, r.study_uid)
+        out.append({"StudyInstanceUID": r.study_uid, "PatientID": r.patient_id,
+                    "StudyDate": r.study_date, "StudyDescription": r.study_description,
+                    "ModalitiesInStudy": [m for m in (r.modalities or "").split("\\") if m],
+                    "loinc_code": r.loinc_code, "loinc_name": r.loinc_name,
+                    "body_region": r.loinc_region, "series": r.num_series,
+                    "instances": r.num_instances, "bytes": r.size,
+                    "url": url, "thumbnail": url + "/thumbnail"})
+    return out
+
+
+async def run_query(engine: AsyncEngine, filters: CohortFilters, base_url: str, *, limit: int = 100,
+                    offset: int = 0, facets: bool = True, base: Base = ()) -> CohortResult:
+    """Counts, facets and one page of studies, read in one transaction (one snapshot)."""
+    async with engine.connect() as conn:
+        counts, found = await statistics(conn, filters, base, facets)
+        page = await study_page(conn, filters, limit, offset, base_url, base) if limit else []
+    return CohortResult(filters.to_json(), counts, found, page, limit, offset)
+
+
+async def cohort_counts(engine: AsyncEngine, filters: CohortFilters, base: Base = ()) -> Counts:
+    async with engine.connect() as conn:
+        counts, _ = await statistics(conn, filters, base, facets=False)
+    return counts
+
+
+async def study_pks(engine: AsyncEngine, filters: CohortFilters, base: Base = ()) -> list[int]:
+    """The pks of the cohort's studies, in the order of :func:`study_page` (for the manifest and
+    the zip, which then read the cohort study by study, in chunks)."""
+    stmt = cohort_select(filters, [studies.c.pk], base).order_by(studies.c.pk)
+    async with engine.connect() as conn:
+        return list((await conn.execute(stmt)).scalars())
