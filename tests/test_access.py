@@ -152,6 +152,36 @@ def test_http_shows_each_role_exactly_what_it_may_see(commons: Commons, role: st
             assert resp.status_code == 404 or what.startswith("QIDO") and resp.status_code == 200, what
 
 
+@pytest.mark.parametrize("role", ["anonymous", "contributor", "evaluator", "admin"])
+def test_cohorts_show_each_role_exactly_what_it_may_see(commons: Commons, role: str) -> None:
+    c = commons
+    url = c.server.url
+    resp = requests.post(f"{url}/api/cohorts/query", json={"filters": {}}, headers=c.headers(role),
+                         timeout=30)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert _leaks(resp.content, c, role) == []
+    visible = [p for p in c.patients.values() if p.state in _visible(role)]
+    assert sorted(s["StudyInstanceUID"] for s in body["studies"]) == sorted(p.study for p in visible)
+    counts = body["counts"]
+    if role in ("evaluator", "admin"):  # exact counts
+        assert (counts["patients"], counts["instances"]) == (len(visible), 2 * len(visible))
+    else:  # fewer than 10: suppressed for the public, facets too
+        assert counts["patients"] == counts["studies"] == counts["instances"] == "<10"
+        assert counts["bytes"] is None
+        assert all(e["studies"] == "<10" for entries in body["facets"].values() for e in entries)
+    saved = requests.post(f"{url}/api/cohorts", json={"name": f"all-{role}", "filters": {}},
+                          headers=c.headers(role), timeout=30)
+    assert saved.status_code == 201, saved.text
+    links = saved.json()["links"]
+    for link, extra in ((links["manifest"], {}), (links["manifest_csv"], {}), (links["zip"], {})):
+        got = requests.get(link, headers=c.headers(role, **extra), timeout=30)
+        assert got.status_code == 200, (link, got.text[:200])
+        assert _leaks(got.content, c, role) == [], link
+        for p in visible:
+            assert p.study.encode() in got.content or p.sops[0].encode() in got.content, (link, p.state)
+
+
 def _find(c: Commons, aet: str, cwd: Path, level: str) -> bytes:
     """Every C-FIND response at ``level`` (study root), as bytes of the written data sets."""
     keys = {"QueryRetrieveLevel": level, "PatientID": "", "PatientName": "", "StudyInstanceUID": "",

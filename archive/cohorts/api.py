@@ -19,11 +19,13 @@ from typing import Any
 from aiohttp import web
 
 from archive import keys
+from archive.auth import ADMIN, EVALUATOR, principal, require_admin, visibility
 from archive.cohorts import manifest, store
 from archive.cohorts.filters import FilterError, parse_filters
 from archive.cohorts.query import cohort_counts, run_query, study_pks
 from archive.dicomweb import zipstream
 from archive.dicomweb.media import base_url
+from archive.release.sequester import suppress
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
@@ -85,8 +87,32 @@ async def query(request: web.Request) -> web.Response:
     except FilterError as exc:
         return _problem(400, str(exc), exc.field)
     result = await run_query(request.app[keys.ENGINE], filters, base_url(request),
-                             limit=limit, offset=offset, facets=facets)
-    return web.json_response(result.to_json())
+                             limit=limit, offset=offset, facets=facets, visible=visibility(request))
+    return web.json_response(_public_counts(request, result.to_json()))
+
+
+_COUNTED = ("patients", "studies", "series", "instances")
+
+
+def _public_counts(request: web.Request, out: dict[str, Any]) -> dict[str, Any]:
+    """Counts and facets as the caller may see them: for anyone but evaluators and admins, a
+    count of people or their images below ``[release] min_cell_count`` is shown as "<N", as data
+    commons do, so that a small group cannot be singled out (bytes go with the studies)."""
+    if principal(request).role in (EVALUATOR, ADMIN):
+        return out
+    minimum = request.app[keys.CONFIG].release.min_cell_count
+    counts = out.get("counts", {})
+    if counts and suppress(counts.get("studies", 0), minimum) != counts.get("studies", 0):
+        counts["bytes"] = None  # would tell the size of a suppressed group
+    for key in _COUNTED:
+        if key in counts:
+            counts[key] = suppress(counts[key], minimum)
+    for entries in (out.get("facets") or {}).values():
+        for entry in entries:
+            for key in _COUNTED:
+                if isinstance(entry.get(key), int):
+                    entry[key] = suppress(entry[key], minimum)
+    return out
 
 
 def _api_root(request: web.Request) -> str:
@@ -137,13 +163,14 @@ async def _saved(request: web.Request) -> store.SavedCohort:
 async def get_cohort(request: web.Request) -> web.Response:
     """GET /api/cohorts/{id}: the definition and its current counts."""
     cohort = await _saved(request)
-    counts = await cohort_counts(request.app[keys.ENGINE], cohort.parsed())
-    return web.json_response({**cohort.to_json(), "counts": counts.to_json(),
-                              "links": _links(request, cohort.id)})
+    counts = await cohort_counts(request.app[keys.ENGINE], cohort.parsed(), visibility(request))
+    return web.json_response(_public_counts(request, {**cohort.to_json(), "counts": counts.to_json(),
+                                                      "links": _links(request, cohort.id)}))
 
 
 async def delete_cohort(request: web.Request) -> web.Response:
-    """DELETE /api/cohorts/{id}: 204; the studies are not touched."""
+    """DELETE /api/cohorts/{id} (admin): 204; the studies are not touched."""
+    require_admin(request)
     if not await store.remove(request.app[keys.ENGINE], request.match_info["id"]):
         return _problem(404, "no such cohort")
     return web.Response(status=204)
@@ -156,7 +183,7 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
         return _problem(400, f"format={fmt[:20]!r}: give json or csv", "format")
     cohort = await _saved(request)
     engine = request.app[keys.ENGINE]
-    pks = await study_pks(engine, cohort.parsed())
+    pks = await study_pks(engine, cohort.parsed(), visibility(request))
     base = base_url(request)
     response = web.StreamResponse(headers={
         "Content-Type": f"{manifest.FORMATS[fmt]}; charset=utf-8",
@@ -173,7 +200,7 @@ async def get_zip(request: web.Request) -> web.StreamResponse:
     """GET /api/cohorts/{id}/zip: ``{study}/{series}/{instance}.dcm`` for every instance."""
     cohort = await _saved(request)
     engine = request.app[keys.ENGINE]
-    pks = await study_pks(engine, cohort.parsed())
+    pks = await study_pks(engine, cohort.parsed(), visibility(request))
     return await zipstream.stream_zip(request, manifest.instances_of(engine, pks), f"cohort-{cohort.id}")
 
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archive import config
+from archive.auth import ALL
 from archive.cohorts import manifest, store
 from archive.cohorts.filters import CohortFilters, FilterError, parse_filters
 from archive.cohorts.query import CohortResult, Counts, cohort_counts, run_query, study_pks
@@ -121,7 +122,7 @@ def print_facets(facets: dict[str, list[dict[str, Any]]]) -> None:
 async def write_manifest(engine: AsyncEngine, filters: CohortFilters, path: Path, base_url: str,
                          header: dict[str, Any]) -> None:
     fmt = path.suffix.lower().lstrip(".")
-    pks = await study_pks(engine, filters)
+    pks = await study_pks(engine, filters, ALL)  # the operator's command: every release state
     rows = manifest.series_rows(engine, pks, base_url)
     with path.open("w", encoding="utf-8", newline="") as out:
         async for chunk in manifest.manifest_chunks(fmt, header, rows):
@@ -150,7 +151,7 @@ def query_command(args: argparse.Namespace) -> int:
             else:
                 filters = parse_filters(raw)
             base = _base_url(cfg, args.base_url)
-            result = await run_query(engine, filters, base, limit=0, facets=args.facets)
+            result = await run_query(engine, filters, base, limit=0, facets=args.facets, visible=ALL)
             if args.manifest:
                 header = {**header, "filters": filters.to_json(), "dicomweb": base}
                 await write_manifest(engine, filters, Path(args.manifest), base, header)
@@ -179,7 +180,7 @@ def save_command(args: argparse.Namespace) -> int:
         filters = parse_filters(_filter_object(args))
 
         async def run(engine: AsyncEngine) -> tuple[store.SavedCohort, Counts]:
-            return await store.save(engine, name, filters), await cohort_counts(engine, filters)
+            return await store.save(engine, name, filters), await cohort_counts(engine, filters, ALL)
 
         cohort, counts = asyncio.run(_with_engine(cfg, run))
         print(cohort.id)

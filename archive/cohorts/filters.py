@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from archive.auth import ALL
 from archive.clinical.dictionary import CASE
 from archive.query.attributes import BY_KEYWORD, PROCEDURE_CODE, Attribute, Level
 from archive.query.model import Match, MatchKind, Query, QueryError, make_match
@@ -103,8 +104,9 @@ class CohortFilters:
 
     def study_query(self) -> Query:
         """The DICOM matches that are plain conjunctions, as the study-level query QIDO-RS
-        would build for them (the wildcard groups are in :attr:`dicom` only)."""
-        return Query(Level.STUDY, [g[0] for g in self.dicom if len(g) == 1])
+        would build for them (the wildcard groups are in :attr:`dicom` only). Release states
+        are applied once, by query.cohort_select, for the caller."""
+        return Query(Level.STUDY, [g[0] for g in self.dicom if len(g) == 1], visible=ALL)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.normalized)

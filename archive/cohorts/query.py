@@ -1,10 +1,11 @@
 """Cohort SQL: the studies a :class:`CohortFilters` selects, their counts, facets and a page.
 
 Every statement is built by :func:`cohort_select`, the one place that joins the tables and
-applies the filters, with the caller's ``base`` conditions (e.g. an access rule that hides some
-patients) ANDed in. DICOM filters get their SQL from :func:`archive.query.sql.where_clause`, the
-matching rules of QIDO-RS and C-FIND; clinical filters join ``cases`` on the patient's PatientID
-(MIDRC's case submitter_id): a study whose patient has no case matches no clinical filter.
+applies the filters, over the patients in the caller's release states (archive.auth: sequestered,
+quarantined and pending patients are hidden from most callers). DICOM filters get their SQL from
+:func:`archive.query.sql.where_clause`, the matching rules of QIDO-RS and C-FIND; clinical
+filters join ``cases`` on the patient's PatientID (MIDRC's case submitter_id): a study whose
+patient has no case matches no clinical filter.
 
 Counts and facets are aggregates of one statement over the cohort, materialized once as a CTE,
 so the filters are evaluated once however many facets are asked for.
@@ -32,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from archive.auth import ALL, PUBLIC, Visibility
 from archive.cohorts.filters import AGE_OVER_89, CohortFilters, Range
 from archive.index.schema import cases, patients, series, studies
 from archive.query.attributes import Level
@@ -45,7 +47,6 @@ _AGE_UPPER = ((18, "0-17"), (30, "18-29"), (40, "30-39"), (50, "40-49"), (65, "5
 FACETS = ("modality", "loinc", "body_region", "sex", "age_group", "race", "ethnicity",
           "covid19_positive", "study_year", "manufacturer")
 _TOTALS = "#totals"
-Base = Sequence[ColumnElement[bool]]
 
 
 def _between(col: Any, bounds: Range) -> ColumnElement[bool]:
@@ -76,7 +77,7 @@ def dicom_conditions(filters: CohortFilters) -> list[ColumnElement[bool]]:
     conds = where_clause(filters.study_query())
     for group in filters.dicom:
         if len(group) > 1:
-            conds.append(or_(*(and_(*where_clause(Query(Level.STUDY, [m]))) for m in group)))
+            conds.append(or_(*(and_(*where_clause(Query(Level.STUDY, [m], visible=ALL))) for m in group)))
     return conds
 
 
@@ -97,12 +98,15 @@ def filter_conditions(filters: CohortFilters) -> list[ColumnElement[bool]]:
     return conds
 
 
-def cohort_select(filters: CohortFilters, columns: Sequence[Any], base: Base = ()) -> Select[Any]:
+def cohort_select(filters: CohortFilters, columns: Sequence[Any],
+                  visible: Visibility = PUBLIC) -> Select[Any]:
     """SELECT ``columns`` FROM the cohort's studies: studies ⋈ patients ⟕ cases (an inner join
-    when a clinical filter is given), WHERE ``base`` AND the filters. One row per study."""
+    when a clinical filter is given), WHERE the patient is ``visible`` AND the filters. One row
+    per study."""
     frm = studies.join(patients, studies.c.patient_pk == patients.c.pk).join(
         cases, cases.c.submitter_id == patients.c.patient_id, isouter=not filters.clinical)
-    return select(*columns).select_from(frm).where(*base, *filter_conditions(filters))
+    access = patients.c.release_state.in_(sorted(visible.states))  # the caller's release states
+    return select(*columns).select_from(frm).where(access, *filter_conditions(filters))
 
 
 @dataclass
@@ -141,7 +145,7 @@ def _age_group() -> ColumnElement[str]:
     return case(*whens, else_="85+")
 
 
-def _statistics_statement(filters: CohortFilters, base: Base, facets: bool) -> Select[Any]:
+def _statistics_statement(filters: CohortFilters, visible: Visibility, facets: bool) -> Select[Any]:
     """Totals and (with ``facets``) every facet, as one UNION ALL of GROUP BYs over the
     materialized cohort: rows of (facet, value, name, studies, patients, series, instances, bytes)."""
     cohort = cohort_select(filters, [
@@ -149,7 +153,7 @@ def _statistics_statement(filters: CohortFilters, base: Base, facets: bool) -> S
         studies.c.num_instances, studies.c.size, studies.c.loinc_code, studies.c.loinc_name,
         studies.c.loinc_region, func.substr(studies.c.study_date, 1, 4).label("year"),
         cases.c.sex, cases.c.race, cases.c.ethnicity, cases.c.covid19_positive,
-        _age_group().label("age_group")], base).cte("cohort")
+        _age_group().label("age_group")], visible).cte("cohort")
     if facets:
         cohort = cohort.prefix_with("MATERIALIZED")  # used by every member below
     c = cohort.c
@@ -193,13 +197,13 @@ def _facet_order(name: str, entry: dict[str, Any]) -> tuple[Any, ...]:
     return (-entry["studies"], entry["value"] is None, entry["value"] or "")
 
 
-async def statistics(conn: AsyncConnection, filters: CohortFilters, base: Base = (),
+async def statistics(conn: AsyncConnection, filters: CohortFilters, visible: Visibility = PUBLIC,
                      facets: bool = True) -> tuple[Counts, dict[str, list[dict[str, Any]]] | None]:
     """The cohort's counts and (with ``facets``) facets: value -> studies and patients, most
     studies first (age groups in band order, years in order); null is "no value"."""
     counts = Counts()
     found: dict[str, list[dict[str, Any]]] = {name: [] for name in FACETS}
-    for row in (await conn.execute(_statistics_statement(filters, base, facets))).all():
+    for row in (await conn.execute(_statistics_statement(filters, visible, facets))).all():
         name, value, label, n_studies, n_patients, n_series, n_instances, n_bytes = row
         if name == _TOTALS:
             counts = Counts(int(n_patients), int(n_studies), int(n_series), int(n_instances), int(n_bytes))
@@ -226,9 +230,9 @@ def study_url(base_url: str, study_uid: str) -> str:
 
 
 async def study_page(conn: AsyncConnection, filters: CohortFilters, limit: int, offset: int,
-                     base_url: str, base: Base = ()) -> list[dict[str, Any]]:
+                     base_url: str, visible: Visibility = PUBLIC) -> list[dict[str, Any]]:
     """A page of the cohort's studies in a stable order (as stored), with their DICOMweb URLs."""
-    stmt = cohort_select(filters, _PAGE_COLUMNS, base).order_by(studies.c.pk).limit(limit).offset(offset)
+    stmt = cohort_select(filters, _PAGE_COLUMNS, visible).order_by(studies.c.pk).limit(limit).offset(offset)
     out = []
     for r in (await conn.execute(stmt)).all():
         url = study_url(base_url, r.study_uid)
@@ -243,23 +247,23 @@ async def study_page(conn: AsyncConnection, filters: CohortFilters, limit: int, 
 
 
 async def run_query(engine: AsyncEngine, filters: CohortFilters, base_url: str, *, limit: int = 100,
-                    offset: int = 0, facets: bool = True, base: Base = ()) -> CohortResult:
+                    offset: int = 0, facets: bool = True, visible: Visibility = PUBLIC) -> CohortResult:
     """Counts, facets and one page of studies, read in one transaction (one snapshot)."""
     async with engine.connect() as conn:
-        counts, found = await statistics(conn, filters, base, facets)
-        page = await study_page(conn, filters, limit, offset, base_url, base) if limit else []
+        counts, found = await statistics(conn, filters, visible, facets)
+        page = await study_page(conn, filters, limit, offset, base_url, visible) if limit else []
     return CohortResult(filters.to_json(), counts, found, page, limit, offset)
 
 
-async def cohort_counts(engine: AsyncEngine, filters: CohortFilters, base: Base = ()) -> Counts:
+async def cohort_counts(engine: AsyncEngine, filters: CohortFilters, visible: Visibility = PUBLIC) -> Counts:
     async with engine.connect() as conn:
-        counts, _ = await statistics(conn, filters, base, facets=False)
+        counts, _ = await statistics(conn, filters, visible, facets=False)
     return counts
 
 
-async def study_pks(engine: AsyncEngine, filters: CohortFilters, base: Base = ()) -> list[int]:
+async def study_pks(engine: AsyncEngine, filters: CohortFilters, visible: Visibility = PUBLIC) -> list[int]:
     """The pks of the cohort's studies, in the order of :func:`study_page` (for the manifest and
     the zip, which then read the cohort study by study, in chunks)."""
-    stmt = cohort_select(filters, [studies.c.pk], base).order_by(studies.c.pk)
+    stmt = cohort_select(filters, [studies.c.pk], visible).order_by(studies.c.pk)
     async with engine.connect() as conn:
         return list((await conn.execute(stmt)).scalars())
