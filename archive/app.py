@@ -178,7 +178,7 @@ async def _resources(app: web.Application, store_factory: StoreFactory) -> Async
     deid = None
     if cfg.deid_secret_path is not None:
         await asyncio.to_thread(ensure_secret, cfg.deid_secret_path)
-        deid = DeidConfig(secret=load_secret(cfg.deid_secret_path))
+        deid = DeidConfig(secret=await asyncio.to_thread(load_secret, cfg.deid_secret_path))
     ingest = Ingest(store, writer, cfg.ingest.bulk_data_threshold, _parse_pool_factory(cfg),
                     cfg.ingest.max_instance_size, deid)
     app[keys.INGEST] = ingest

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from archive import config
 from archive.clinical.importer import ImportReport, import_clinical
 from archive.clinical.report import linkage_report, summary
-from archive.index.db import SchemaError, create_engine, init_schema
+from archive.index.db import SchemaError, using_engine
 
 T = TypeVar("T")
 
@@ -41,12 +41,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 async def _with_engine(cfg: config.Config, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    engine = create_engine(cfg.database_url, cfg.database.echo)
-    try:
-        await init_schema(engine)
-        return await work(engine)
-    finally:
-        await engine.dispose()
+    return await using_engine(cfg.database_url, work, cfg.database.echo)
 
 
 def _load_config(path: str | None) -> config.Config | None:

@@ -20,7 +20,7 @@ from archive.auth import ALL
 from archive.cohorts import manifest, store
 from archive.cohorts.filters import CohortFilters, FilterError, parse_filters
 from archive.cohorts.query import CohortResult, Counts, cohort_counts, run_query, study_pks
-from archive.index.db import SchemaError, create_engine, init_schema
+from archive.index.db import SchemaError, using_engine
 
 T = TypeVar("T")
 
@@ -61,12 +61,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 async def _with_engine(cfg: config.Config, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    engine = create_engine(cfg.database_url, cfg.database.echo)
-    try:
-        await init_schema(engine)
-        return await work(engine)
-    finally:
-        await engine.dispose()
+    return await using_engine(cfg.database_url, work, cfg.database.echo)
 
 
 def _filter_object(args: argparse.Namespace) -> Any:

@@ -43,15 +43,9 @@ def _harmonizer(cfg: config.Config) -> Harmonizer:
 
 
 async def _with_index(cfg: config.Config, fn: Any, *args: Any) -> Any:
-    from archive.index.db import create_engine, init_schema
+    from archive.index.db import run_in_transaction
 
-    engine = create_engine(cfg.database_url)
-    try:
-        await init_schema(engine)
-        async with engine.begin() as conn:
-            return await conn.run_sync(fn, *args)
-    finally:
-        await engine.dispose()
+    return await run_in_transaction(cfg.database_url, fn, *args)
 
 
 def _apply(args: argparse.Namespace) -> int:

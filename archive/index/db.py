@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy
 from sqlalchemy import event, insert, select
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from archive.index.schema import SCHEMA_VERSION, metadata, schema_info
 
 log = logging.getLogger("archive.index")
+T = TypeVar("T")
 
 
 class SchemaError(RuntimeError):
@@ -68,3 +70,23 @@ async def init_schema(engine: AsyncEngine) -> None:
             raise SchemaError(
                 f"index schema version {max(versions)} does not match this server's "
                 f"{SCHEMA_VERSION}; use a matching release or a new database")
+
+
+async def using_engine(url: str, work: Callable[[AsyncEngine], Awaitable[T]], echo: bool = False) -> T:
+    """``work(engine)`` on a fresh engine over an initialized index, disposed after: what the
+    command-line tools (clinical, cohort, harmonize, release, sequester) run on."""
+    engine = create_engine(url, echo)
+    try:
+        await init_schema(engine)
+        return await work(engine)
+    finally:
+        await engine.dispose()
+
+
+async def run_in_transaction(url: str, fn: Callable[..., T], *args: Any) -> T:
+    """The synchronous ``fn(connection, *args)`` in one transaction of a fresh engine."""
+    async def work(engine: AsyncEngine) -> T:
+        async with engine.begin() as conn:
+            return await conn.run_sync(fn, *args)
+
+    return await using_engine(url, work)

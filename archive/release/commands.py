@@ -31,23 +31,13 @@ def add_commands(sub: Any) -> None:
 
 
 def _set(args: argparse.Namespace) -> int:
-    from archive.index.db import create_engine, init_schema
+    from archive.index.db import run_in_transaction
     from archive.release.states import ReleaseError, set_state
 
     cfg = config.load(args.config)
-
-    async def run() -> Any:
-        engine = create_engine(cfg.database_url)
-        try:
-            await init_schema(engine)
-            async with engine.begin() as conn:
-                return await conn.run_sync(set_state, args.patient, args.state,
-                                           f"cli:{getpass.getuser()}", "manual", args.reason)
-        finally:
-            await engine.dispose()
-
     try:
-        changes = asyncio.run(run())
+        changes = asyncio.run(run_in_transaction(cfg.database_url, set_state, args.patient, args.state,
+                                                 f"cli:{getpass.getuser()}", "manual", args.reason))
     except ReleaseError as exc:
         print(f"imaging-archive release: {exc}", file=sys.stderr)
         return 1
@@ -61,7 +51,7 @@ def _set(args: argparse.Namespace) -> int:
 def _sequester(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from archive.index.db import create_engine, init_schema
+    from archive.index.db import run_in_transaction
     from archive.release.assign import run_sequester
     from archive.release.sequester import balance_report, format_report
 
@@ -73,17 +63,8 @@ def _sequester(args: argparse.Namespace) -> int:
         print("imaging-archive sequester: --fraction must be between 0 and 1", file=sys.stderr)
         return 2
 
-    async def run() -> Any:
-        engine = create_engine(cfg.database_url)
-        try:
-            await init_schema(engine)
-            async with engine.begin() as conn:
-                return await conn.run_sync(run_sequester, rel, seed, f"cli:{getpass.getuser()}",
-                                           args.dry_run)
-        finally:
-            await engine.dispose()
-
-    assignment, people = asyncio.run(run())
+    assignment, people = asyncio.run(run_in_transaction(cfg.database_url, run_sequester, rel, seed,
+                                                        f"cli:{getpass.getuser()}", args.dry_run))
     print(format_report(balance_report(people, assignment.states()), assignment))
     print(f"{len(assignment.decisions)} patient(s) assigned"
           f"{' (dry run: nothing written)' if args.dry_run else ''}; rule: {assignment.rule}")
