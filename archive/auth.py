@@ -11,16 +11,19 @@ admin (and ``serve`` listens on loopback only unless ``[http] allow_unauthentica
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import jwt
 from aiohttp import web
 
-from archive.config import AeRoleConfig, Config, TokenConfig
+from archive.config import AeRoleConfig, Config, JwtConfig, TokenConfig
 
 log = logging.getLogger("archive.auth")
 
@@ -80,18 +83,70 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+class JwtVerifier:
+    """Bearer tokens that are JWTs from an identity provider (``[auth.jwt]``, OIDC): signature by
+    one of the provider's keys (JWKS file or URL), issuer, audience and expiry checked by PyJWT;
+    the role is the highest one named in the roles claim (none: anonymous)."""
+
+    def __init__(self, cfg: JwtConfig, jwks_path: str | None) -> None:
+        self.cfg = cfg
+        self._keys = None
+        if jwks_path:
+            self._keys = jwt.PyJWKSet.from_json(Path(jwks_path).read_text(encoding="utf-8"))
+        self._client = jwt.PyJWKClient(cfg.jwks_url, cache_keys=True) if cfg.jwks_url else None
+
+    def principal(self, token: str) -> Principal | None:
+        """Blocking when keys are fetched from a URL: call it in a thread."""
+        try:
+            if self._client is not None:
+                key = self._client.get_signing_key_from_jwt(token).key
+            else:
+                assert self._keys is not None
+                kid = jwt.get_unverified_header(token).get("kid")
+                key = next(k.key for k in self._keys.keys if kid is None or k.key_id == kid)
+            claims = jwt.decode(token, key, algorithms=self.cfg.algorithms, audience=self.cfg.audience,
+                                issuer=self.cfg.issuer, options={"require": ["exp", "iss", "aud"]})
+        except (jwt.PyJWTError, StopIteration, KeyError) as exc:
+            log.warning("JWT refused: %s", type(exc).__name__)
+            return None
+        named = claims
+        for part in self.cfg.roles_claim.split("."):
+            named = named.get(part) if isinstance(named, dict) else None
+        roles = {named} if isinstance(named, str) else set(named) if isinstance(named, list) else set()
+        role = next((r for r in (ADMIN, EVALUATOR, CONTRIBUTOR) if r in roles), ANONYMOUS)
+        return Principal(str(claims.get("sub", "jwt")), role)
+
+
+def _looks_like_jwt(token: str) -> bool:
+    return token.count(".") == 2 and token.startswith("eyJ")
+
+
 class Authenticator:
-    def __init__(self, tokens: list[TokenConfig], aes: list[AeRoleConfig]) -> None:
+    def __init__(self, tokens: list[TokenConfig], aes: list[AeRoleConfig],
+                 jwt_verifier: JwtVerifier | None = None) -> None:
         self._tokens = list(tokens)
         self._aes = list(aes)
+        self.jwt = jwt_verifier
 
     @classmethod
     def from_config(cls, cfg: Config) -> Authenticator:
-        return cls(cfg.auth.tokens, cfg.dimse.ae)
+        verifier = None
+        if cfg.auth.jwt is not None:
+            path = cfg.auth.jwt.jwks_file
+            verifier = JwtVerifier(cfg.auth.jwt, str(cfg.resolve(path)) if path else None)
+        return cls(cfg.auth.tokens, cfg.dimse.ae, verifier)
 
     @property
     def single_user(self) -> bool:
-        return not self._tokens
+        return not self._tokens and self.jwt is None
+
+    async def principal_async(self, authorization: str | None) -> Principal | None:
+        """:meth:`principal`, with JWTs verified in a thread (a JWKS URL may be fetched)."""
+        token = (authorization or "").strip().partition(" ")[2].strip()
+        if self.jwt is not None and _looks_like_jwt(token) \
+                and (authorization or "").strip().lower().startswith("bearer "):
+            return await asyncio.to_thread(self.jwt.principal, token)
+        return self.principal(authorization)
 
     def principal(self, authorization: str | None) -> Principal | None:
         """The caller of an HTTP request; None when a token was given and is not valid."""
@@ -102,6 +157,8 @@ class Authenticator:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
+        if self.jwt is not None and _looks_like_jwt(token.strip()):
+            return self.jwt.principal(token.strip())
         digest = token_hash(token.strip())
         found = None
         for entry in self._tokens:  # compare with every entry: time does not tell which matched
@@ -131,7 +188,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path == "/healthz" or request.method == "OPTIONS":
         request[PRINCIPAL] = ANONYMOUS_PRINCIPAL
         return await handler(request)
-    principal = request.app[AUTHENTICATOR].principal(request.headers.get("Authorization"))
+    principal = await request.app[AUTHENTICATOR].principal_async(request.headers.get("Authorization"))
     if principal is None:
         log.warning("authentication failed: %s %s from %s (token not valid)", request.method,
                     request.path, request.remote)

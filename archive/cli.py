@@ -89,7 +89,7 @@ def _is_loopback(host: str) -> bool:
 
 def unauthenticated_exposure(cfg: config.Config, http_host: str) -> str | None:
     """Why the server must not start: single-user (no tokens) on a non-loopback address."""
-    if cfg.auth.tokens or cfg.http.allow_unauthenticated:
+    if cfg.auth.tokens or cfg.auth.jwt or cfg.http.allow_unauthenticated:
         return None
     hosts = [("HTTP", http_host)] + ([("DIMSE", cfg.dimse.host)] if cfg.dimse.enabled else [])
     for what, host in hosts:

@@ -186,10 +186,24 @@ class TokenConfig:
 
 
 @dataclass
+class JwtConfig:
+    """``[auth.jwt]``: bearer tokens that are JWTs signed by an identity provider (OIDC)."""
+
+    issuer: str = ""  # the "iss" a token must carry
+    audience: str = ""  # the "aud" a token must carry
+    jwks_file: str = ""  # the provider's public keys (JWKS), a file ...
+    jwks_url: str = ""  # ... or the provider's jwks_uri
+    roles_claim: str = "roles"  # the claim with the caller's role(s); dotted for nested claims
+    algorithms: list[str] = field(default_factory=lambda: ["RS256", "ES256"])
+
+
+@dataclass
 class AuthConfig:
-    """``[auth]``: bearer tokens (``[[auth.tokens]]``); none = single-user mode."""
+    """``[auth]``: bearer tokens (``[[auth.tokens]]``), JWTs (``[auth.jwt]``); neither =
+    single-user mode."""
 
     tokens: list[TokenConfig] = field(default_factory=list)
+    jwt: JwtConfig | None = None
 
 
 @dataclass
@@ -365,9 +379,10 @@ def _auth_section(values: Any) -> AuthConfig:
     values = dict(values)
     raw = _table_list("auth.tokens", values.pop("tokens", []))
     tokens = [_entry("auth.tokens", TokenConfig, t) for t in raw]
+    jwt = _section("auth.jwt", JwtConfig, values.pop("jwt")) if "jwt" in values else None
     if values:
         raise ConfigError(f"unknown key {next(iter(values))!r} in [auth]")
-    return AuthConfig(tokens=tokens)
+    return AuthConfig(tokens=tokens, jwt=jwt)
 
 
 def _validate(cfg: Config) -> None:
@@ -410,6 +425,14 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"[[auth.tokens]] {token.name!r}: role must be one of {', '.join(ROLES)}")
         if not re.fullmatch(r"[0-9a-f]{64}", token.sha256):
             raise ConfigError(f"[[auth.tokens]] {token.name!r}: sha256 must be 64 lower-case hex digits")
+    jwt = cfg.auth.jwt
+    if jwt is not None:
+        if not jwt.issuer or not jwt.audience or bool(jwt.jwks_file) == bool(jwt.jwks_url):
+            raise ConfigError("[auth.jwt] needs issuer, audience, and one of jwks_file or jwks_url")
+        if jwt.jwks_file:
+            _check_jwks(cfg.resolve(jwt.jwks_file))
+        if not jwt.algorithms or any(a.startswith("HS") or a == "none" for a in jwt.algorithms):
+            raise ConfigError("[auth.jwt] algorithms must be asymmetric ones (e.g. RS256, ES256)")
     if len({t.name for t in cfg.auth.tokens}) != len(cfg.auth.tokens):
         raise ConfigError("[[auth.tokens]] names must be unique")
     for entry in cfg.dimse.ae:
@@ -436,6 +459,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
     if cfg.log.format not in LOG_FORMATS:
         raise ConfigError(f"[log] format must be one of {', '.join(LOG_FORMATS)}")
+
+
+def _check_jwks(path: Path) -> None:
+    import jwt as pyjwt  # only when a JWKS is configured
+
+    try:
+        pyjwt.PyJWKSet.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, pyjwt.PyJWTError) as exc:
+        raise ConfigError(f"[auth.jwt] jwks_file {str(path)!r}: not a usable JWK set ({exc})") from None
 
 
 def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
