@@ -18,9 +18,9 @@ from pydicom import dcmread
 
 from archive.auth import new_token, token_hash
 from tests import synth
-from tests.conftest import LiveServer, multipart
+from tests.conftest import LiveServer, free_port, multipart
 from tests.dcmtk import tool
-from tests.test_dimse import AET, run
+from tests.test_dimse import AET, StoreScp, run
 
 ROLES = ("contributor", "evaluator", "admin")
 FILL = {"open": 0x1357, "sequestered": 0x5A5A, "quarantined": 0xA5C3}
@@ -47,6 +47,7 @@ class Commons:
     tokens: dict[str, str]  # role -> bearer token
     patients: dict[str, Patient]  # state -> patient
     work: Path
+    dest_port: int
 
     def headers(self, role: str | None, **extra: str) -> dict[str, str]:
         h = dict(extra)
@@ -62,13 +63,15 @@ def commons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Commons]:
     toml = "".join(f'[[auth.tokens]]\nname = "{role}-token"\nrole = "{role}"\nsha256 = "{token_hash(t)}"\n'
                    for role, t in tokens.items())
     toml += "".join(f'[[dimse.ae]]\nae_title = "{role.upper()[:16]}"\nrole = "{role}"\n' for role in ROLES)
+    dest_port = free_port()  # the C-MOVE destination (storescp, started by the test)
+    toml += f'[dimse.peers.dest]\nae_title = "DEST"\nhost = "127.0.0.1"\nport = {dest_port}\n'
     root = work / "archive"
     root.mkdir()
     server = LiveServer(root, toml, dimse=True)
     server.start()
     patients = {state: Patient(state, f"{state.upper()}-PID-{synth.uid()[-6:]}") for state in FILL}
     try:
-        c = Commons(server, tokens, patients, work)
+        c = Commons(server, tokens, patients, work, dest_port)
         for p in patients.values():
             parts = []
             for k, sop in enumerate(p.sops):
@@ -225,6 +228,19 @@ def test_dimse_shows_each_calling_ae_exactly_what_it_may_see(commons: Commons, r
             assert sorted(sops) == sorted(p.sops), (role, p.state)
         else:
             assert sops == [] and _leaks(got, c, role) == [], (role, p.state)
+    # C-MOVE of every study to the destination: only the visible ones arrive.
+    scp = StoreScp(c.dest_port, tmp_path / "moved")
+    try:
+        for p in c.patients.values():
+            code, log = run([tool("movescu"), "-S", "-aet", aet, "-aec", AET, "-aem", "DEST",
+                             "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={p.study}",
+                             "127.0.0.1", str(c.server.dimse_port)])
+            assert code == 0, log[-1000:]
+        arrived = scp.received()
+    finally:
+        scp.stop()
+    assert sorted(arrived) == sorted(sop for p in c.patients.values() if p.state in _visible(role)
+                                     for sop in p.sops), role
 
 
 def test_writes_and_admin_operations_need_their_role(commons: Commons) -> None:
