@@ -439,13 +439,8 @@ async def _write(conn: AsyncConnection, node: Node, records: list[_Record], coun
     counts.updated += len(old)
 
 
-async def import_clinical(engine: AsyncEngine, files: list[tuple[str, bytes]]) -> ImportReport:
-    """Validate ``files`` (name, content) and upsert their records by submitter_id, all in one
-    transaction: when the report has any error, nothing was changed."""
-    report = ImportReport()
-    if not files:
-        report.error("", 0, "", "no files")
-        return report
+def _prepare(files: list[tuple[str, bytes]], report: ImportReport) -> tuple[list[_Record], set[str]]:
+    """Read and validate every row; the valid records, each once, and every case id named."""
     records: list[_Record] = []
     case_ids: set[str] = set()  # of every case row, valid or not: links to them are not "unknown"
     for name, data in files:
@@ -455,7 +450,6 @@ async def import_clinical(engine: AsyncEngine, files: list[tuple[str, bytes]]) -
             record = _validate(name, raw, report)
             if record is not None:
                 records.append(record)
-
     # The same record twice in one import is a mistake (which one should win?).
     first_seen: dict[tuple[str, str], _Record] = {}
     unique: list[_Record] = []
@@ -468,6 +462,18 @@ async def import_clinical(engine: AsyncEngine, files: list[tuple[str, bytes]]) -
             continue
         first_seen[key] = r
         unique.append(r)
+    return unique, case_ids
+
+
+async def import_clinical(engine: AsyncEngine, files: list[tuple[str, bytes]]) -> ImportReport:
+    """Validate ``files`` (name, content) and upsert their records by submitter_id, all in one
+    transaction: when the report has any error, nothing was changed."""
+    report = ImportReport()
+    if not files:
+        report.error("", 0, "", "no files")
+        return report
+    # Reading and validating a site's files is CPU work: off the event loop.
+    unique, case_ids = await asyncio.to_thread(_prepare, files, report)
 
     # One import at a time per engine: two of them could both find a record new and both insert
     # it. Another process (the command line beside the server) can still race: then retry.
