@@ -213,3 +213,25 @@ async def test_runaway_c_find_is_interrupted_with_a700(aiohttp_client, tmp_path:
     assert time.monotonic() - t0 < 5
     monkeypatch.setattr(run, "build_select", real)
     assert await asyncio.to_thread(find) == [0xFF00, 0x0000]  # one match, then success
+
+
+async def test_runaway_cohort_query_is_interrupted_with_503(aiohttp_client, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cohort queries share QIDO-RS's deadline ([qido] timeout): the same endless statement stands
+    in for a cohort too heavy for the index."""
+    from archive.cohorts import query as cohort_query
+
+    client = await make_client(aiohttp_client, tmp_path, qido={"timeout": 0.3})
+    body, ctype = multipart([synth.instance()])
+    assert (await client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype})).status == 200
+    endless = text("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c")
+    real = cohort_query._statistics_statement
+    monkeypatch.setattr(cohort_query, "_statistics_statement", lambda *args: endless)
+    t0 = time.monotonic()
+    resp = await client.post("/api/cohorts/query", json={"filters": {}})
+    assert resp.status == 503 and time.monotonic() - t0 < 2.5
+    assert "[qido] timeout" in (await resp.json())["error"]
+    assert client.app[keys.ENGINE].pool.checkedout() == 0
+    monkeypatch.setattr(cohort_query, "_statistics_statement", real)
+    resp = await client.post("/api/cohorts/query", json={"filters": {}})
+    assert resp.status == 200 and (await resp.json())["counts"]["studies"] == 1

@@ -25,6 +25,7 @@ from archive.cohorts.filters import FilterError, parse_filters
 from archive.cohorts.query import cohort_counts, run_query, study_pks
 from archive.dicomweb import zipstream
 from archive.dicomweb.media import base_url
+from archive.query.run import QueryTimeout
 from archive.release.sequester import suppress
 
 DEFAULT_LIMIT = 100
@@ -86,8 +87,13 @@ async def query(request: web.Request) -> web.Response:
         return exc.response
     except FilterError as exc:
         return _problem(400, str(exc), exc.field)
-    result = await run_query(request.app[keys.ENGINE], filters, base_url(request),
-                             limit=limit, offset=offset, facets=facets, visible=visibility(request))
+    timeout = request.app[keys.CONFIG].qido.timeout
+    try:
+        result = await run_query(request.app[keys.ENGINE], filters, base_url(request), limit=limit,
+                                 offset=offset, facets=facets, visible=visibility(request), timeout=timeout)
+    except QueryTimeout:
+        return _problem(503, f"the cohort query took longer than the server's limit of {timeout:g} s "
+                             "([qido] timeout) and was stopped; add filters or ask without facets")
     return web.json_response(_public_counts(request, result.to_json()))
 
 

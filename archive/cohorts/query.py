@@ -38,6 +38,7 @@ from archive.cohorts.filters import AGE_OVER_89, CohortFilters, Range
 from archive.index.schema import cases, patients, series, studies
 from archive.query.attributes import Level
 from archive.query.model import Query
+from archive.query.run import deadline
 from archive.query.sql import where_clause
 
 # CDC age bands (as CDC's COVID-19 data tracker groups ages); an age over 89 is 85+.
@@ -247,9 +248,11 @@ async def study_page(conn: AsyncConnection, filters: CohortFilters, limit: int, 
 
 
 async def run_query(engine: AsyncEngine, filters: CohortFilters, base_url: str, *, limit: int = 100,
-                    offset: int = 0, facets: bool = True, visible: Visibility = PUBLIC) -> CohortResult:
-    """Counts, facets and one page of studies, read in one transaction (one snapshot)."""
-    async with engine.connect() as conn:
+                    offset: int = 0, facets: bool = True, visible: Visibility = PUBLIC,
+                    timeout: float = 0) -> CohortResult:
+    """Counts, facets and one page of studies, read in one transaction (one snapshot), within
+    ``timeout`` seconds (0: none; else QueryTimeout, as for QIDO-RS)."""
+    async with engine.connect() as conn, deadline(conn, timeout):
         counts, found = await statistics(conn, filters, visible, facets)
         page = await study_page(conn, filters, limit, offset, base_url, visible) if limit else []
     return CohortResult(filters.to_json(), counts, found, page, limit, offset)

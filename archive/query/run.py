@@ -1,14 +1,16 @@
-"""Running a :class:`Query`: the one search path of QIDO-RS and C-FIND (and cohorts later),
+"""Running a :class:`Query`: the one search path of QIDO-RS and C-FIND (cohorts share its deadline),
 and the instance list that WADO-RS, C-MOVE and C-GET retrieve."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from archive.index.reader import StoredInstance
 from archive.query.attributes import Level
@@ -27,41 +29,46 @@ class QueryTimeout(Exception):
     """The search ran longer than its time limit and was interrupted."""
 
 
+@asynccontextmanager
+async def deadline(conn: AsyncConnection, timeout: float) -> AsyncIterator[None]:
+    """Bound the SQL work inside the block to ``timeout`` seconds (0: none), else QueryTimeout.
+
+    On SQLite the running statement is interrupted (sqlite3_interrupt, safe from the event
+    loop's thread while aiosqlite's thread runs it), so a runaway query stops instead of holding
+    a connection and a thread; other drivers are cancelled a little later."""
+    if not timeout:
+        yield
+        return
+    fired = False
+    interrupt = getattr((await conn.get_raw_connection()).driver_connection, "interrupt", None)
+
+    def expire() -> None:
+        nonlocal fired
+        fired = True
+        if interrupt is not None:
+            asyncio.ensure_future(interrupt())
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        async with asyncio.timeout(timeout * 2 + 1):  # drivers without interrupt
+            yield
+    except (OperationalError, TimeoutError) as exc:
+        if fired:
+            raise QueryTimeout(f"the query ran longer than {timeout:g} s") from exc
+        raise
+    finally:
+        timer.cancel()
+
+
 async def search(engine: AsyncEngine, query: Query, limit: int, base: str,
                  timeout: float = 0) -> SearchResult:
-    """Up to ``limit`` matches of ``query`` (from ``query.offset``) as DICOM JSON.
-
-    ``timeout`` (seconds, 0: none) bounds the SQL work: on SQLite the running statement is
-    interrupted (sqlite3_interrupt, safe from the event loop's thread while aiosqlite's thread
-    runs it), so a runaway query stops instead of holding a connection and a thread."""
-    async with engine.connect() as conn:
-        timer: asyncio.TimerHandle | None = None
-        fired = False
-        if timeout:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            interrupt = getattr(driver, "interrupt", None)
-
-            def expire() -> None:
-                nonlocal fired
-                fired = True
-                if interrupt is not None:
-                    asyncio.ensure_future(interrupt())
-
-            timer = asyncio.get_running_loop().call_later(timeout, expire)
-        try:
-            async with asyncio.timeout(timeout * 2 + 1 if timeout else None):  # drivers without interrupt
-                rows = (await conn.execute(build_select(query, limit + 1))).all()
-                more = len(rows) > limit
-                rows = rows[:limit]
-                extra = await extra_attributes(conn, query, rows)
-        except (OperationalError, TimeoutError) as exc:
-            if fired:
-                raise QueryTimeout(f"the query ran longer than {timeout:g} s") from exc
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
+    """Up to ``limit`` matches of ``query`` (from ``query.offset``) as DICOM JSON, within
+    ``timeout`` seconds (0: none; see :func:`deadline`)."""
+    async with engine.connect() as conn, deadline(conn, timeout):
+        rows = (await conn.execute(build_select(query, limit + 1))).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        extra = await extra_attributes(conn, query, rows)
     return SearchResult(to_json(rows, query, base, extra), more)
 
 
