@@ -258,7 +258,8 @@ def test_writes_and_admin_operations_need_their_role(commons: Commons) -> None:
     resp = requests.get(f"{url}/dicom-web/studies", headers={"Authorization": f"Bearer {bad}"}, timeout=30)
     assert resp.status_code == 401
     for path, method in (("/api/release", "post"), ("/api/release/log", "get"), ("/api/quarantine", "get"),
-                         ("/api/clinical/report", "get"), ("/api/clinical", "post")):
+                         ("/api/clinical/report", "get"), ("/api/clinical", "post"),
+                         (f"/api/quarantine/{c.patients['quarantined'].patient_id}", "delete")):
         for role, status in (("anonymous", 401), ("contributor", 403), ("evaluator", 403)):
             resp = getattr(requests, method)(url + path, headers=c.headers(role), timeout=30, json={})
             assert resp.status_code == status, (path, role, resp.status_code)

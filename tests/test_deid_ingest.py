@@ -113,6 +113,19 @@ async def test_burned_in_annotation_quarantines_the_patient(aiohttp_client, tmp_
     assert len(quarantined) == 1 and quarantined[0]["reason"] and "BURNED" not in str(quarantined)
     log = await (await client.get("/api/release/log")).json()
     assert [(e["state"], e["actor"], e["rule"]) for e in log] == [("quarantined", "ingest", "deidentify")]
+    # An admin deletes the quarantined data: index rows, then files; the clean patient stays.
+    files_before = [p for p in (tmp_path / "files" / "data").rglob("*.dcm")]
+    pid = quarantined[0]["patient_id"]
+    assert (await client.delete("/api/quarantine/NOBODY")).status == 404
+    resp = await client.delete(f"/api/quarantine/{pid}")
+    assert resp.status == 200 and (await resp.json())["deleted_instances"] == 1
+    assert await (await client.get("/api/quarantine")).json() == []
+    assert len([p for p in (tmp_path / "files" / "data").rglob("*.dcm")]) == len(files_before) - 1
+    studies = await (await client.get(STUDIES, headers=DICOM_JSON)).json()
+    assert len(studies) == 1 and studies[0]["00100020"]["Value"][0] != pid
+    assert (await client.delete(f"/api/quarantine/{studies[0]['00100020']['Value'][0]}")).status == 404
+    log = await (await client.get("/api/release/log")).json()
+    assert log[-1]["state"] == "deleted" and log[-1]["patient_id"] == pid
 
 
 def test_cstore_answers_coercion_and_stores_deidentified(tmp_path: Path) -> None:
