@@ -21,6 +21,7 @@ from archive.limits import GATE
 from archive.readtimeout import AppRunner
 from archive.release import commands as release_commands
 from archive.runtime import use_private_tempdir
+from archive.supervisor import supervise
 
 log = logging.getLogger("archive")
 
@@ -41,14 +42,21 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"imaging-archive: {problem}", file=sys.stderr)
         return 2
     logs.setup(cfg.log.level, cfg.log.format)
+    workers = args.workers or cfg.http.workers
+    if workers > 1 and args.worker_index is None:
+        return supervise(args, workers, host, port)
+    if args.worker_index:
+        cfg.dimse.enabled = False  # one DIMSE listener: worker 0's
     use_private_tempdir(cfg.storage_path)
-    log.info("imaging-archive %s serving DICOMweb on http://%s:%d/dicom-web", __version__, host, port)
-    asyncio.run(_run(create_app(cfg), host, port, cfg.http.shutdown_timeout, cfg.http.read_timeout))
+    log.info("imaging-archive %s serving DICOMweb on http://%s:%d/dicom-web%s", __version__, host, port,
+             f" (worker {args.worker_index})" if args.worker_index is not None else "")
+    asyncio.run(_run(create_app(cfg), host, port, cfg.http.shutdown_timeout, cfg.http.read_timeout,
+                     reuse_port=args.worker_index is not None))
     return 0
 
 
 async def _run(app: web.Application, host: str, port: int, shutdown_timeout: float,
-               read_timeout: float = 0.0) -> None:
+               read_timeout: float = 0.0, reuse_port: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully: stop listening (HTTP and DIMSE),
     let in-flight requests finish for up to ``shutdown_timeout`` seconds, cancel the rest.
 
@@ -58,7 +66,9 @@ async def _run(app: web.Application, host: str, port: int, shutdown_timeout: flo
                        shutdown_timeout=_CANCEL_WAIT, read_timeout=read_timeout)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        # reuse_port: the workers of `serve --workers N` listen on one port; the kernel spreads
+        # new connections over them.
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -115,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="TOML configuration file (default: built-in defaults)")
     serve.add_argument("--host", help="override [http] host")
     serve.add_argument("--port", type=int, help="override [http] port")
+    serve.add_argument("--workers", type=int, help="HTTP worker processes on the port (override "
+                                                   "[http] workers); DIMSE runs in the first")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     serve.set_defaults(func=_serve)
     token = sub.add_parser("token", help="bearer tokens")
     tsub = token.add_subparsers(dest="token_command", required=True)

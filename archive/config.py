@@ -43,6 +43,9 @@ class HttpConfig:
     # With no [[auth.tokens]] the server is single-user (everything allowed) and listens only on
     # a loopback address, unless this is set: an archive must not be open on a network by accident.
     allow_unauthenticated: bool = False
+    # Server processes on the port (serve --workers): the kernel spreads connections over them;
+    # DIMSE runs in the first. 1: one process.
+    workers: int = 1
 
 
 @dataclass
@@ -405,6 +408,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[qido] timeout must be 0 (no limit) or a number of seconds")
     if not 0 <= cfg.http.read_timeout < float("inf"):
         raise ConfigError("[http] read_timeout must be 0 (no limit) or a number of seconds")
+    if not 1 <= cfg.http.workers <= 64:
+        raise ConfigError("[http] workers must be between 1 and 64")
     for what in ("shutdown_timeout", "max_request_size", "max_concurrent_requests"):
         if getattr(cfg.http, what) < 0:
             raise ConfigError(f"[http] {what} must not be negative")

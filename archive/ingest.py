@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import struct
 import uuid
@@ -33,7 +34,7 @@ from archive.dicom.part10 import (
     worker_ready,
 )
 from archive.index.writer import IndexWriter, InstanceRecord, Outcome
-from storage.base import BlobStore, BlobWriter, StorageError, StorageFullError
+from storage.base import BlobStore, BlobWriter, StorageError, StorageFullError, owner_alive
 
 log = logging.getLogger("archive.ingest")
 T = TypeVar("T")
@@ -374,7 +375,7 @@ class Ingest:
     async def _write_intent(self, prepared: list[Prepared]) -> str:
         """Journal the keys about to be committed before they get their names: if the process
         dies before the index commit, :meth:`recover` deletes the blobs the index never got."""
-        key = f"{JOURNAL}/{uuid.uuid4().hex}.json"
+        key = f"{JOURNAL}/{os.getpid()}-{uuid.uuid4().hex}.json"  # see recover
         entries = [[p.record.sop_uid, p.record.storage_key] for p in prepared]
         blob = await self.store.create()
         try:
@@ -392,9 +393,12 @@ class Ingest:
 
     async def recover(self) -> int:
         """At start-up: delete blobs of batches that were committed to storage but never
-        indexed (the process died in between). Returns how many were deleted."""
+        indexed (the process died in between). Returns how many were deleted. Journals of other
+        server processes that still run are theirs, not leftovers."""
         removed = 0
         for key in await self.store.list(JOURNAL):
+            if owner_alive(key.rsplit("/", 1)[-1]):
+                continue  # a batch another server process is committing now (serve --workers)
             data = b"".join([chunk async for chunk in self.store.open_range(key)])
             try:
                 entries = [(str(sop), str(k)) for sop, k in json.loads(data)]

@@ -73,11 +73,11 @@ class Archive(Target):
 
     def __init__(self, run_dir: Path, port: int, codec_processes: int | None = None,
                  dimse_port: int | None = None, store_aets: tuple[str, ...] = ("BENCHSCU",),
-                 max_results: int | None = None, repo: Path = REPO) -> None:
+                 max_results: int | None = None, repo: Path = REPO, workers: int = 1) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.base = f"http://127.0.0.1:{port}/dicom-web"
         self.dicom_port, self.ae_title = dimse_port, "IMAGING-ARCHIVE"
-        text = (f'[http]\nhost = "127.0.0.1"\nport = {port}\n'
+        text = (f'[http]\nhost = "127.0.0.1"\nport = {port}\nworkers = {workers}\n'
                 f'[storage]\npath = {json.dumps(str(run_dir / "files"))}\n'
                 f'[database]\nurl = {json.dumps("sqlite+aiosqlite:///" + str(run_dir / "index.db"))}\n'
                 '[log]\nlevel = "warning"\n')

@@ -8,6 +8,7 @@ staged bytes, then ``commit(key)`` makes them durable under that key in one atom
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -117,3 +118,19 @@ class BlobStore(Protocol):
     async def exists(self, key: str) -> bool: ...
 
     async def delete(self, key: str) -> None: ...
+
+
+def owner_alive(name: str) -> bool:
+    """Whether the file ``name`` ("PID-…") belongs to another process that still runs. Names
+    without a process id, and this process's own (left by an earlier process that had its id),
+    are not."""
+    pid, sep, _ = name.partition("-")
+    if not sep or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

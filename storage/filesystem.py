@@ -21,7 +21,7 @@ from typing import BinaryIO, TypeVar
 
 import aiofiles
 
-from storage.base import StorageError, StorageFullError, check_key
+from storage.base import StorageError, StorageFullError, check_key, owner_alive
 
 log = logging.getLogger("storage.filesystem")
 T = TypeVar("T")
@@ -147,7 +147,9 @@ class FilesystemStore:
         # them from queueing behind CPU work in the loop's default executor.
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="storage-io")
         self._io_threads = io_threads
-        self._prefix = uuid.uuid4().hex[:16]
+        # The process id leads each staged name: several server processes may share the folder
+        # (serve --workers), and each removes at start-up only what dead processes left.
+        self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._counter = itertools.count()
         self._known_dirs: set[Path] = set()
 
@@ -183,6 +185,8 @@ class FilesystemStore:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         removed = 0
         for leftover in self.tmp_dir.iterdir():
+            if owner_alive(leftover.name):
+                continue  # another server process's upload in progress
             leftover.unlink(missing_ok=True)
             removed += 1
         return removed

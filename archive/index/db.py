@@ -55,8 +55,17 @@ def sync_writer_engine(engine: AsyncEngine) -> Engine | None:
         return None
     sync = sqlalchemy.create_engine(url.set(drivername="sqlite+pysqlite"), pool_size=1,
                                     max_overflow=0, echo=engine.echo)
-    event.listen(sync, "connect", _sqlite_pragmas)
+    event.listen(sync, "connect", _writer_connect)
+    # BEGIN IMMEDIATE: the transaction takes the write lock before its first read, so writers of
+    # several processes (serve --workers, the command line) wait for each other (busy_timeout)
+    # instead of one failing when another committed between its read and its write.
+    event.listen(sync, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return sync
+
+
+def _writer_connect(dbapi_conn: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_conn, record)
+    dbapi_conn.isolation_level = None  # transactions are begun by the "begin" event above
 
 
 async def init_schema(engine: AsyncEngine) -> None:
