@@ -17,6 +17,7 @@ from archive.auth import new_token, token_hash
 from archive.clinical import cli as clinical_commands
 from archive.cohorts import cli as cohort_commands
 from archive.harmonize import commands as harmonize_commands
+from archive.index.db import using_engine
 from archive.limits import GATE
 from archive.readtimeout import AppRunner
 from archive.release import commands as release_commands
@@ -44,6 +45,9 @@ def _serve(args: argparse.Namespace) -> int:
     logs.setup(cfg.log.level, cfg.log.format)
     workers = args.workers or cfg.http.workers
     if workers > 1 and args.worker_index is None:
+        # The schema is made once, here: workers starting together on a new database would
+        # race to create the same tables.
+        asyncio.run(using_engine(cfg.database_url, _nothing))
         return supervise(args, workers, host, port)
     if args.worker_index:
         cfg.dimse.enabled = False  # one DIMSE listener: worker 0's
@@ -53,6 +57,10 @@ def _serve(args: argparse.Namespace) -> int:
     asyncio.run(_run(create_app(cfg), host, port, cfg.http.shutdown_timeout, cfg.http.read_timeout,
                      reuse_port=args.worker_index is not None))
     return 0
+
+
+async def _nothing(_engine: object) -> None:
+    return None
 
 
 async def _run(app: web.Application, host: str, port: int, shutdown_timeout: float,

@@ -53,8 +53,12 @@ def test_workers_share_one_port_the_index_and_storage(tmp_path: Path) -> None:
     server.config.write_text(text.replace("[http]\n", "[http]\nworkers = 2\n", 1))
     server.start()
     try:
-        workers = _workers(server)
-        assert len(workers) == 2
+        deadline = time.monotonic() + 20
+        while len(workers := _workers(server)) < 2:  # both up (the first answered /healthz)
+            assert time.monotonic() < deadline, "the second worker did not start"
+            time.sleep(0.1)
+        log = (root / "server.log").read_text()
+        assert "exited with" not in log, log[-2000:]  # none crashed on the way
         with ThreadPoolExecutor(4) as pool:
             sent = [s for batch in pool.map(lambda t: _stow(server.url, 15, str(t)), range(4)) for s in batch]
         found = requests.get(f"{server.url}/dicom-web/instances", params={"limit": "1000"}, timeout=30).json()
