@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import socket
 import sys
 
 from aiohttp import web
@@ -17,7 +18,8 @@ from archive.auth import new_token, token_hash
 from archive.clinical import cli as clinical_commands
 from archive.cohorts import cli as cohort_commands
 from archive.harmonize import commands as harmonize_commands
-from archive.index.db import using_engine
+from archive.index import migrate
+from archive.index.db import SchemaError, create_engine, using_engine
 from archive.limits import GATE
 from archive.readtimeout import AppRunner
 from archive.release import commands as release_commands
@@ -47,15 +49,23 @@ def _serve(args: argparse.Namespace) -> int:
     if workers > 1 and args.worker_index is None:
         # The schema is made once, here: workers starting together on a new database would
         # race to create the same tables.
-        asyncio.run(using_engine(cfg.database_url, _nothing))
+        try:
+            asyncio.run(using_engine(cfg.database_url, _nothing))
+        except SchemaError as exc:
+            print(f"imaging-archive: {exc}", file=sys.stderr)
+            return 2
         return supervise(args, workers, host, port)
     if args.worker_index:
         cfg.dimse.enabled = False  # one DIMSE listener: worker 0's
     use_private_tempdir(cfg.storage_path)
     log.info("imaging-archive %s serving DICOMweb on http://%s:%d/dicom-web%s", __version__, host, port,
              f" (worker {args.worker_index})" if args.worker_index is not None else "")
-    asyncio.run(_run(create_app(cfg), host, port, cfg.http.shutdown_timeout, cfg.http.read_timeout,
-                     reuse_port=args.worker_index is not None))
+    try:
+        asyncio.run(_run(create_app(cfg), host, port, cfg.http.shutdown_timeout, cfg.http.read_timeout,
+                         listen_fd=args.listen_fd))
+    except SchemaError as exc:
+        print(f"imaging-archive: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -64,7 +74,7 @@ async def _nothing(_engine: object) -> None:
 
 
 async def _run(app: web.Application, host: str, port: int, shutdown_timeout: float,
-               read_timeout: float = 0.0, reuse_port: bool = False) -> None:
+               read_timeout: float = 0.0, listen_fd: int | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully: stop listening (HTTP and DIMSE),
     let in-flight requests finish for up to ``shutdown_timeout`` seconds, cancel the rest.
 
@@ -74,9 +84,12 @@ async def _run(app: web.Application, host: str, port: int, shutdown_timeout: flo
                        shutdown_timeout=_CANCEL_WAIT, read_timeout=read_timeout)
     await runner.setup()
     try:
-        # reuse_port: the workers of `serve --workers N` listen on one port; the kernel spreads
-        # new connections over them.
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        site: web.BaseSite
+        if listen_fd is not None:  # a worker of `serve --workers N`: the supervisor's socket
+            sock = socket.socket(fileno=listen_fd)
+            site = web.SockSite(runner, sock)
+        else:
+            site = web.TCPSite(runner, host, port)
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -118,6 +131,32 @@ def unauthenticated_exposure(cfg: config.Config, http_host: str) -> str | None:
     return None
 
 
+def _db_upgrade(args: argparse.Namespace) -> int:
+    """Bring the index to the schema revision of this release (back it up first)."""
+    cfg = config.load(args.config)
+
+    async def run() -> tuple[str | None, str]:
+        engine = create_engine(cfg.database_url)
+        try:
+            async with engine.begin() as conn:
+                return await conn.run_sync(migrate.upgrade)
+        finally:
+            await engine.dispose()
+
+    try:
+        before, after = asyncio.run(run())
+    except ValueError as exc:
+        print(f"imaging-archive db upgrade: {exc}", file=sys.stderr)
+        return 1
+    if before == after:
+        print(f"the index is at revision {after} already")
+    else:
+        print(f"the index was upgraded from revision {before or '(new)'} to {after}"
+              + ("; run `imaging-archive harmonize apply` to place the stored studies" if before == "0001"
+                 else ""))
+    return 0
+
+
 def _token_new(args: argparse.Namespace) -> int:
     token = new_token()
     print(f"token (shown once, give it to {args.name}): {token}", file=sys.stderr)
@@ -136,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, help="HTTP worker processes on the port (override "
                                                    "[http] workers); DIMSE runs in the first")
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # the supervisor's socket
     serve.set_defaults(func=_serve)
     token = sub.add_parser("token", help="bearer tokens")
     tsub = token.add_subparsers(dest="token_command", required=True)
@@ -143,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     tnew.add_argument("--role", required=True, choices=config.ROLES)
     tnew.add_argument("--name", required=True, help="who holds it (shown in logs)")
     tnew.set_defaults(func=_token_new)
+    db = sub.add_parser("db", help="the index database")
+    dsub = db.add_subparsers(dest="db_command", required=True)
+    up = dsub.add_parser("upgrade", help="bring the index to this release's schema revision (back it up "
+                                         "first)")
+    up.add_argument("--config", help="TOML configuration file")
+    up.set_defaults(func=_db_upgrade)
     harmonize_commands.add_commands(sub)
     clinical_commands.add_commands(sub)
     cohort_commands.add_commands(sub)

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, insert
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from archive.index import migrate
 from archive.index.schema import SCHEMA_VERSION, metadata, schema_info
 
 log = logging.getLogger("archive.index")
@@ -69,16 +70,20 @@ def _writer_connect(dbapi_conn: Any, record: Any) -> None:
 
 
 async def init_schema(engine: AsyncEngine) -> None:
-    """Create the tables on a new database; refuse a database of another schema version."""
+    """Create the tables on a new database (at the head revision); refuse a database at another
+    revision, naming the command that upgrades it."""
     async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-        versions = (await conn.execute(select(schema_info.c.version))).scalars().all()
-        if not versions:
+        revision = await conn.run_sync(migrate.current)
+        if revision is None:
+            await conn.run_sync(metadata.create_all)
             await conn.execute(insert(schema_info).values(version=SCHEMA_VERSION))
-        elif max(versions) != SCHEMA_VERSION:
+            await conn.run_sync(migrate.stamp_head)
+            return
+        expected = migrate.head()
+        if revision != expected:
             raise SchemaError(
-                f"index schema version {max(versions)} does not match this server's "
-                f"{SCHEMA_VERSION}; use a matching release or a new database")
+                f"the index is at schema revision {revision}, this server needs {expected}: "
+                "back it up, then run `imaging-archive db upgrade --config FILE`")
 
 
 async def using_engine(url: str, work: Callable[[AsyncEngine], Awaitable[T]], echo: bool = False) -> T:
