@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from aiohttp import web
 
-from archive import keys
+from archive import keys, metrics
 from archive.api import harmonization as harmonization_api
 from archive.api import release as release_api
 from archive.auth import AUTHENTICATOR, Authenticator, auth_middleware
@@ -31,9 +31,10 @@ from archive.limits import GATE, RequestGate
 from archive.pixels.cache import ThumbnailCache
 from archive.pixels.codecpool import CodecPool, worker_count
 from archive.retrieve import Retriever
+from archive.ui import routes as ui_routes
 from archive.workers import init_worker
 from dimse.server import DimseServer, receive_dir_for
-from storage.base import BlobStore
+from storage.base import BlobStore, StorageError
 from storage.filesystem import FilesystemStore
 
 log = logging.getLogger("archive.http")
@@ -93,6 +94,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # The client went away (or was cut by [http] read_timeout): nobody to answer.
         log.info("%s %s: client connection lost (%s)", request.method, request.path, exc)
         raise
+    except StorageError as exc:
+        # The blob store failed (an object store unreachable, a missing object): the client may
+        # try again later. Once the response has begun, the connection is cut instead.
+        log.error("%s %s: storage error: %s", request.method, request.path, exc)
+        if request.writer.output_size:
+            raise
+        return web.Response(status=503, text="storage unavailable, try again later",
+                            headers={"Retry-After": "10"})
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return web.Response(status=500, text="internal error (see the server log)")
@@ -112,10 +121,12 @@ def _routes(app: web.Application) -> None:
     series = study + "/series/{series}"
     instance = series + "/instances/{instance}"
     r.add_get("/healthz", healthz)
+    r.add_get("/metrics", metrics.serve_metrics)  # Prometheus (admin; archive.metrics)
     harmonization_api.add_routes(app)
     clinical_api.add_routes(app)
     cohorts_api.add_routes(app)
     release_api.add_routes(app)
+    ui_routes.add_routes(app)  # the data explorer page at /
     r.add_post(base + "/studies", stow.store_instances)
     r.add_post(study, stow.store_instances)
     r.add_get(base + "/studies", qido.search_studies)
@@ -159,7 +170,15 @@ def load_harmonizer(cfg: Config) -> Harmonizer | None:
     return Harmonizer.load(cfg.harmonize_override_path, cfg.harmonize.threshold)
 
 
-def _filesystem_store(cfg: Config) -> BlobStore:
+def _configured_store(cfg: Config) -> BlobStore:
+    """``[storage] backend``: files under ``path``, or objects of an S3 bucket (staged under ``path``)."""
+    if cfg.storage.backend == "s3":
+        from storage.s3 import S3Store  # boto3 is imported only by archives that use it
+
+        s3 = cfg.storage.s3
+        return S3Store(s3.bucket, cfg.storage_path, prefix=s3.prefix, endpoint_url=s3.endpoint_url,
+                       region=s3.region, access_key_id=s3.access_key_id,
+                       secret_access_key=s3.secret_access_key)
     return FilesystemStore(cfg.storage_path)
 
 
@@ -221,13 +240,15 @@ async def stop_accepting(app: web.Application) -> None:
 def create_app(cfg: Config, store_factory: StoreFactory | None = None) -> web.Application:
     """The application; ``store_factory`` replaces the configured blob store (for tests)."""
     gate = RequestGate(cfg.http.max_concurrent_requests, cfg.http.max_request_size)
-    app = web.Application(middlewares=[cors_middleware, error_middleware, auth_middleware, gate.middleware],
+    # metrics outermost: it sees every request and status, errors and refusals included.
+    app = web.Application(middlewares=[metrics.middleware, cors_middleware, error_middleware, auth_middleware,
+                                       gate.middleware],
                           client_max_size=cfg.http.max_request_size or 1024 ** 4)
     app[keys.CONFIG] = cfg
     app[GATE] = gate
     app[AUTHENTICATOR] = Authenticator.from_config(cfg)
     app.on_response_prepare.append(_cors_headers)
     app.on_shutdown.append(stop_accepting)
-    app.cleanup_ctx.append(functools.partial(_resources, store_factory=store_factory or _filesystem_store))
+    app.cleanup_ctx.append(functools.partial(_resources, store_factory=store_factory or _configured_store))
     _routes(app)
     return app

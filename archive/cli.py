@@ -10,11 +10,13 @@ import signal
 import socket
 import sys
 
+import sqlalchemy.exc
 from aiohttp import web
 
-from archive import __version__, config, logs
+from archive import __version__, config, logs, metrics
 from archive.app import create_app, stop_accepting
 from archive.auth import new_token, token_hash
+from archive.bulk import commands as ops_commands
 from archive.clinical import cli as clinical_commands
 from archive.cohorts import cli as cohort_commands
 from archive.harmonize import commands as harmonize_commands
@@ -25,6 +27,7 @@ from archive.readtimeout import AppRunner
 from archive.release import commands as release_commands
 from archive.runtime import use_private_tempdir
 from archive.supervisor import supervise
+from storage.base import StorageError
 
 log = logging.getLogger("archive")
 
@@ -54,6 +57,11 @@ def _serve(args: argparse.Namespace) -> int:
         except SchemaError as exc:
             print(f"imaging-archive: {exc}", file=sys.stderr)
             return 2
+        except (OSError, sqlalchemy.exc.DBAPIError) as exc:
+            print(f"imaging-archive: cannot open the index: {exc}", file=sys.stderr)
+            return 1
+        # /metrics adds up every worker's figures from files in one folder (archive.metrics).
+        metrics.use_multiprocess_dir(cfg.storage_path)
         return supervise(args, workers, host, port)
     if args.worker_index:
         cfg.dimse.enabled = False  # one DIMSE listener: worker 0's
@@ -66,6 +74,12 @@ def _serve(args: argparse.Namespace) -> int:
     except SchemaError as exc:
         print(f"imaging-archive: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # at start-up: e.g. a bucket that is missing or unreachable
+        print(f"imaging-archive: storage: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, sqlalchemy.exc.DBAPIError) as exc:  # at start-up: the index is unreachable
+        print(f"imaging-archive: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -164,7 +178,8 @@ def _token_new(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: every subcommand and its options."""
     parser = argparse.ArgumentParser(prog="imaging-archive", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     clinical_commands.add_commands(sub)
     cohort_commands.add_commands(sub)
     release_commands.add_commands(sub)
-    args = parser.parse_args(argv)
+    ops_commands.add_commands(sub)  # ingest, verify, stats, export, delete
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except config.ConfigError as exc:

@@ -83,9 +83,26 @@ class DimseConfig:
 
 
 @dataclass
+class S3Config:
+    """``[storage.s3]``: the bucket of ``[storage] backend = "s3"`` (AWS S3, MinIO, Ceph RGW, GCS)."""
+
+    bucket: str = ""
+    # Start of every object's key ("" = the bucket's root), so that archives can share a bucket.
+    prefix: str = ""
+    # The service's URL for an S3-compatible service (path-style requests); "" = AWS S3.
+    endpoint_url: str = ""
+    # "" = boto3's default (AWS_REGION / AWS_DEFAULT_REGION, the AWS config file).
+    region: str = ""
+    # Both, or neither: then the standard AWS environment variables / boto3's credential chain.
+    access_key_id: str = ""
+    secret_access_key: str = field(default="", repr=False)  # never in a log line
+
+
+@dataclass
 class StorageConfig:
     backend: str = "filesystem"
     path: str = "archive-data/files"
+    s3: S3Config = field(default_factory=S3Config)
 
 
 @dataclass
@@ -219,6 +236,19 @@ class AeRoleConfig:
 
 
 @dataclass
+class UiConfig:
+    """``[ui]``: the data explorer page served at ``/`` (docs/explorer.md)."""
+
+    # Serve the page (and its files under /ui/); the API is served either way.
+    enabled: bool = True
+    # The heading and title of the page.
+    title: str = "Imaging data commons"
+    # Link from each study to a DICOMweb viewer: {StudyInstanceUID} is replaced by the study's
+    # UID, e.g. "https://viewer.example/viewer?StudyInstanceUIDs={StudyInstanceUID}". "" = no link.
+    viewer_url: str = ""
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -237,6 +267,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
     deidentify: DeidentifyConfig = field(default_factory=DeidentifyConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
     log: LogConfig = field(default_factory=LogConfig)
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -287,6 +318,7 @@ _SECTIONS: dict[str, type] = {
     "auth": AuthConfig,
     "release": ReleaseConfig,
     "deidentify": DeidentifyConfig,
+    "ui": UiConfig,
     "log": LogConfig,
 }
 
@@ -376,6 +408,38 @@ def _entry(name: str, cls: type, values: dict[str, Any]) -> Any:
     return cls(**values)
 
 
+def _storage_section(values: Any) -> StorageConfig:
+    if not isinstance(values, dict):
+        raise ConfigError("[storage] must be a table")
+    values = dict(values)
+    s3 = _section("storage.s3", S3Config, values.pop("s3", {}))
+    cfg = _section("storage", StorageConfig, values)
+    cfg.s3 = s3
+    return cfg
+
+
+def _check_storage(cfg: StorageConfig) -> None:
+    if cfg.backend not in ("filesystem", "s3"):
+        raise ConfigError('[storage] backend must be "filesystem" or "s3"')
+    if cfg.backend != "s3":
+        return
+    s3 = cfg.s3
+    if not s3.bucket:
+        raise ConfigError('[storage] backend = "s3" needs [storage.s3] bucket')
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}", s3.bucket):
+        raise ConfigError("[storage.s3] bucket must be a bucket name (letters, digits, '.', '-', '_')")
+    if s3.prefix.strip("/") and not re.fullmatch(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*", s3.prefix.strip("/")):
+        raise ConfigError("[storage.s3] prefix must be folder names of letters, digits, '.', '-', '_' "
+                          "separated by '/'")
+    if any(part in (".", "..") for part in s3.prefix.split("/")):
+        raise ConfigError("[storage.s3] prefix must not contain '.' or '..' folders")
+    if s3.endpoint_url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", s3.endpoint_url):
+        raise ConfigError("[storage.s3] endpoint_url must be an http:// or https:// URL (or empty)")
+    if bool(s3.access_key_id) != bool(s3.secret_access_key):
+        raise ConfigError("[storage.s3] access_key_id and secret_access_key go together "
+                          "(or leave both out to use the AWS environment variables)")
+
+
 def _auth_section(values: Any) -> AuthConfig:
     if not isinstance(values, dict):
         raise ConfigError("[auth] must be a table")
@@ -391,8 +455,7 @@ def _auth_section(values: Any) -> AuthConfig:
 def _validate(cfg: Config) -> None:
     if cfg.ingest.duplicate_policy not in DUPLICATE_POLICIES:
         raise ConfigError(f"[ingest] duplicate_policy must be one of {', '.join(DUPLICATE_POLICIES)}")
-    if cfg.storage.backend != "filesystem":
-        raise ConfigError("[storage] backend must be \"filesystem\"")
+    _check_storage(cfg.storage)
     if not 0 < cfg.http.port < 65536 or not 0 < cfg.dimse.port < 65536:
         raise ConfigError("ports must be between 1 and 65535")
     check_ae_title(cfg.dimse.ae_title, "[dimse] ae_title")
@@ -454,16 +517,30 @@ def _validate(cfg: Config) -> None:
     unknown = set(cfg.release.strata) - {"covid", "age_band", "race", "sex", "ethnicity"}
     if unknown:
         raise ConfigError(f"[release] strata: unknown {', '.join(sorted(unknown))}")
-    if cfg.release.min_stratum < 1 or cfg.release.min_cell_count < 0:
-        raise ConfigError("[release] min_stratum must be at least 1 and min_cell_count not negative")
+    if cfg.release.min_stratum < 1 or cfg.release.min_cell_count < 1:
+        raise ConfigError("[release] min_stratum and min_cell_count must be at least 1 "
+                          "(min_cell_count = 1 suppresses nothing)")
     if not 0 <= cfg.harmonize.threshold <= 1:
         raise ConfigError("[harmonize] threshold must be between 0 and 1")
     if cfg.harmonize.override_file and not cfg.resolve(cfg.harmonize.override_file).is_file():
         raise ConfigError(f"[harmonize] override_file {cfg.harmonize.override_file!r} is not a file")
+    _check_viewer_url(cfg.ui.viewer_url)
     if cfg.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
     if cfg.log.format not in LOG_FORMATS:
         raise ConfigError(f"[log] format must be one of {', '.join(LOG_FORMATS)}")
+
+
+def _check_viewer_url(url: str) -> None:
+    """``[ui] viewer_url``: empty, or an http(s) URL (or a path on this host) with the placeholder."""
+    if not url:
+        return
+    if not url.startswith(("https://", "http://", "/")) or url.startswith("//"):
+        raise ConfigError("[ui] viewer_url must start with https://, http:// or / (or be empty)")
+    if "{StudyInstanceUID}" not in url:
+        raise ConfigError("[ui] viewer_url must contain {StudyInstanceUID}, where the study's UID goes")
+    if any(c.isspace() or c in '"<>' for c in url):
+        raise ConfigError("[ui] viewer_url must not contain spaces, quotes or angle brackets")
 
 
 def _check_jwks(path: Path) -> None:
@@ -485,6 +562,8 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
             cfg.dimse = _dimse_section(values)
         elif name == "auth":
             cfg.auth = _auth_section(values)
+        elif name == "storage":
+            cfg.storage = _storage_section(values)
         else:
             setattr(cfg, name, _section(name, _SECTIONS[name], values))
     _validate(cfg)

@@ -1,4 +1,4 @@
-"""The one ingest pipeline: every way in (STOW-RS, C-STORE, and bulk import later) calls it.
+"""The one ingest pipeline: every way in (STOW-RS, C-STORE, bulk import) calls it.
 
 For each instance: stream the bytes into a staged blob (hashing the data set on the way), parse and
 validate it in an executor thread, build its DICOM JSON, commit the blob under a key made of its
@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 import struct
 import uuid
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from archive import metrics
 from archive.deid import DeidConfig, DeidResult
 from archive.deid.worker import Sent, deidentify_and_parse
 from archive.dicom.part10 import (
@@ -33,8 +33,9 @@ from archive.dicom.part10 import (
     parse_and_encode,
     worker_ready,
 )
+from archive.index.db import sqlstate
 from archive.index.writer import IndexWriter, InstanceRecord, Outcome
-from storage.base import BlobStore, BlobWriter, StorageError, StorageFullError, owner_alive
+from storage.base import BlobStore, BlobWriter, StorageError, StorageFullError, owner_alive, owner_name
 
 log = logging.getLogger("archive.ingest")
 T = TypeVar("T")
@@ -163,6 +164,21 @@ def storage_key(parsed: ParsedInstance) -> str:
             f"{parsed.sop_instance_uid}.{uuid.uuid4().hex[:12]}.dcm")
 
 
+def instance_record(parsed: ParsedInstance, meta_json: bytes, size: int, key: str,
+                    deid: DeidResult | None = None) -> InstanceRecord:
+    """What the index records of a parsed instance stored under ``key`` (also used by ``verify
+    --repair`` to index a stored file the index lacks)."""
+    return InstanceRecord(
+        study_uid=parsed.study_uid, series_uid=parsed.series_uid,
+        sop_uid=parsed.sop_instance_uid, sop_class_uid=parsed.sop_class_uid,
+        transfer_syntax_uid=parsed.transfer_syntax, json=parsed.json, meta_json=meta_json,
+        bulk={k: [v.offset, v.length] for k, v in parsed.bulk.items()},
+        pixel=parsed.pixel.to_dict() if parsed.pixel else None,
+        sha256=parsed.sha256, size=size, storage_key=key,
+        quarantine_reason=deid.reason if deid is not None and deid.quarantine else None,
+        description=deid.original_study_description if deid is not None else None)
+
+
 class Ingest:
     """The pipeline: :meth:`receive` (stream to a staged blob), :meth:`finish` (parse and
     validate, in an executor), :meth:`commit` (make a batch durable, then index it).
@@ -216,6 +232,7 @@ class Ingest:
             except BrokenProcessPool:
                 raise InvalidInstance("the parser could not process this file") from None
 
+    @metrics.counts_refusals
     async def receive(self, chunks: AsyncIterable[bytes]) -> Staged | IngestResult:
         """Stream one instance's bytes into storage (hashing its data set on the way)."""
         digest = DatasetDigest()
@@ -243,6 +260,7 @@ class Ingest:
             if not ok:
                 await blob.abort()
 
+    @metrics.counts_refusals
     async def finish(self, staged: Staged, expected: Expected | None = None) -> Prepared | IngestResult:
         """Parse and validate a received instance; a failure discards its staged blob."""
         blob = staged.blob
@@ -279,15 +297,7 @@ class Ingest:
                 result.sop_class_uid, result.sop_uid = sent.sop_class_uid, sent.sop_uid
                 result.study_uid = result.series_uid = None
             return _failed(result, DOES_NOT_MATCH, problem)
-        record = InstanceRecord(
-            study_uid=parsed.study_uid, series_uid=parsed.series_uid,
-            sop_uid=parsed.sop_instance_uid, sop_class_uid=parsed.sop_class_uid,
-            transfer_syntax_uid=parsed.transfer_syntax, json=parsed.json, meta_json=meta_json,
-            bulk={k: [v.offset, v.length] for k, v in parsed.bulk.items()},
-            pixel=parsed.pixel.to_dict() if parsed.pixel else None,
-            sha256=parsed.sha256, size=blob.size, storage_key=storage_key(parsed),
-            quarantine_reason=deid.reason if deid is not None and deid.quarantine else None,
-            description=deid.original_study_description if deid is not None else None)
+        record = instance_record(parsed, meta_json, blob.size, storage_key(parsed), deid)
         return Prepared(blob, record, result)
 
     async def prepare(self, chunks: AsyncIterable[bytes],
@@ -317,6 +327,7 @@ class Ingest:
             self._committing = True
             asyncio.get_running_loop().create_task(self._commit_queued())
         await asyncio.shield(future)
+        metrics.committed((p.result, p.record.size) for p in prepared)
         return [p.result for p in prepared]
 
     async def _commit_queued(self) -> None:
@@ -366,7 +377,8 @@ class Ingest:
                 continue
             await self._drop(p.record.storage_key)
             status = OUT_OF_RESOURCES if isinstance(err, StorageFullError) else PROCESSING_FAILURE
-            log.error("storage commit failed sop=%s: %s", p.result.sop_uid, err)
+            log.error("storage commit failed sop=%s: %s", p.result.sop_uid, err,
+                      extra={"sop_uid": p.result.sop_uid, "study_uid": p.result.study_uid})
             _failed(p.result, status, str(err) if status == OUT_OF_RESOURCES else "storage error")
         if durable:
             await self._index(durable)
@@ -375,7 +387,7 @@ class Ingest:
     async def _write_intent(self, prepared: list[Prepared]) -> str:
         """Journal the keys about to be committed before they get their names: if the process
         dies before the index commit, :meth:`recover` deletes the blobs the index never got."""
-        key = f"{JOURNAL}/{os.getpid()}-{uuid.uuid4().hex}.json"  # see recover
+        key = f"{JOURNAL}/{owner_name()}-{uuid.uuid4().hex}.json"  # see recover
         entries = [[p.record.sop_uid, p.record.storage_key] for p in prepared]
         blob = await self.store.create()
         try:
@@ -385,7 +397,7 @@ class Ingest:
             raise
         # Not fsynced: after a process crash the page cache still has it; after a power loss a
         # missing intent only leaves an unindexed blob behind: never served, only wasted space
-        # (the planned `verify` command of the operator tools issue finds such blobs).
+        # (`imaging-archive verify` reports them, `--repair` indexes them).
         error = (await self.store.commit_many([(blob, key)], durable=False))[0]
         if error is not None:
             raise error
@@ -433,7 +445,10 @@ class Ingest:
             if added.obsolete_key:
                 await self._drop(added.obsolete_key)
             log.info("%s sop=%s study=%s series=%s bytes=%d", added.outcome.value, res.sop_uid,
-                     res.study_uid, res.series_uid, p.record.size)
+                     res.study_uid, res.series_uid, p.record.size,
+                     extra={"outcome": added.outcome.value, "sop_uid": res.sop_uid,
+                            "study_uid": res.study_uid, "series_uid": res.series_uid,
+                            "bytes": p.record.size})
 
     async def store_instance(self, chunks: AsyncIterable[bytes],
                     expected: Expected | None = None) -> IngestResult:
@@ -451,10 +466,13 @@ class Ingest:
 
 
 def _index_full(exc: BaseException) -> bool:
-    """The index database ran out of space (SQLite: SQLITE_FULL, "database or disk is full")."""
+    """The index database ran out of space (SQLite: SQLITE_FULL, "database or disk is full";
+    PostgreSQL: SQLSTATE class 53, insufficient resources: disk_full 53100 and its kin)."""
     orig = getattr(exc, "orig", None) or exc
+    state = sqlstate(exc)
     return (getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-            or "database or disk is full" in str(orig))
+            or "database or disk is full" in str(orig)
+            or (state is not None and state in ("53100", "53200", "53400")))
 
 
 def _failed(result: IngestResult, status: int, message: str) -> IngestResult:

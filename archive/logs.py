@@ -1,4 +1,8 @@
-"""Structured logs: ``key=value`` text by default, one JSON object per line with ``format=json``."""
+"""Structured logs: ``key=value`` text by default, one JSON object per line with ``format=json``.
+
+In JSON, what a call passes in ``extra=`` (e.g. ``sop_uid``, ``study_uid``) becomes fields of the
+object beside ``message``, so that log tools can filter on them without parsing the text.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,21 @@ import logging
 import sys
 import time
 
+# The attributes every record has; any other came in through ``extra=`` and becomes a JSON field.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
                "level": record.levelname.lower(), "logger": record.name,
                "message": record.getMessage()}
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key not in doc:
+                doc[key] = value
         if record.exc_info:
             doc["error"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
+        return json.dumps(doc, ensure_ascii=False, default=str)
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:

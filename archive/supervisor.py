@@ -22,9 +22,12 @@ import sys
 import time
 from types import FrameType
 
+from archive import metrics
+
 log = logging.getLogger("archive.supervisor")
 
 _RESTART_DELAY = 1.0
+_FATAL = 2  # the exit status of `serve` for a bad configuration or index schema (archive.cli)
 
 
 def _argv(args: argparse.Namespace, index: int, host: str, port: int, fd: int) -> list[str]:
@@ -72,11 +75,19 @@ def supervise(args: argparse.Namespace, workers: int, host: str, port: int) -> i
         time.sleep(0.2)
         for i, proc in enumerate(procs):
             code = proc.poll()
-            if code is not None and not stopping:
+            if code == _FATAL and not stopping:
+                # The configuration or the index schema is wrong: every restart would fail the
+                # same way, so stop all (the worker said why) instead of restarting for ever.
+                log.error("worker %d (pid %d) exited with %d: stopping", i, proc.pid, code)
+                stop(signal.SIGTERM, None)
+            elif code is not None and not stopping:
                 log.error("worker %d (pid %d) exited with %d; restarting it", i, proc.pid, code)
+                metrics.worker_exited(proc.pid)
                 time.sleep(_RESTART_DELAY)
                 procs[i] = start(i)
     codes = [proc.wait() for proc in procs]
+    for proc in procs:
+        metrics.worker_exited(proc.pid)
     sock.close()
     log.info("stopped: workers exited with %s", codes)
     return max(codes, default=0)

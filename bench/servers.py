@@ -73,13 +73,15 @@ class Archive(Target):
 
     def __init__(self, run_dir: Path, port: int, codec_processes: int | None = None,
                  dimse_port: int | None = None, store_aets: tuple[str, ...] = ("BENCHSCU",),
-                 max_results: int | None = None, repo: Path = REPO, workers: int = 1) -> None:
+                 max_results: int | None = None, repo: Path = REPO, workers: int = 1,
+                 database_url: str | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.base = f"http://127.0.0.1:{port}/dicom-web"
         self.dicom_port, self.ae_title = dimse_port, "IMAGING-ARCHIVE"
+        index = database_url or "sqlite+aiosqlite:///" + str(run_dir / "index.db")
         text = (f'[http]\nhost = "127.0.0.1"\nport = {port}\nworkers = {workers}\n'
                 f'[storage]\npath = {json.dumps(str(run_dir / "files"))}\n'
-                f'[database]\nurl = {json.dumps("sqlite+aiosqlite:///" + str(run_dir / "index.db"))}\n'
+                f'[database]\nurl = {json.dumps(index)}\n'
                 '[log]\nlevel = "warning"\n')
         if codec_processes is not None:
             text += f"[render]\ncodec_processes = {codec_processes}\n"

@@ -30,6 +30,7 @@ from pynetdicom.sop_class import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archive import metrics
 from archive.auth import Authenticator, Principal
 from archive.config import DimseConfig
 from archive.ingest import Expected, Ingest
@@ -130,6 +131,7 @@ class ArchiveHandlers:
     def _on_close(event: Event) -> None:
         """Delete the temporary file of a C-STORE data set the connection ended in the middle of
         (A-ABORT, dropped connection): pynetdicom removes it only after a complete C-STORE."""
+        metrics.connection_closed(event.assoc)
         message = getattr(getattr(event.assoc, "dimse", None), "message", None)
         partial = getattr(message, "_data_set_file", None)
         if partial is None:
@@ -144,6 +146,7 @@ class ArchiveHandlers:
         caller = _caller(event)
         log.info("association %s calling=%s host=%s", event.event.name.removeprefix("EVT_").lower(),
                  caller.ae_title, caller.host)
+        metrics.association_event(event.event.name, event.assoc)
 
     # -- C-ECHO ---------------------------------------------------------------------------
     def on_echo(self, event: Event) -> int:
@@ -159,6 +162,7 @@ class ArchiveHandlers:
             log.warning("c-store refused: calling AE %s@%s has no contributor role", caller.ae_title,
                         caller.host)
             return _status(NOT_AUTHORIZED, "calling AE title has no contributor role")
+        metrics.INGEST_PATH.set("cstore")  # this association's thread: counted as C-STORE ingest
         req = event.request
         expected = Expected(sop_class_uid=str(req.AffectedSOPClassUID),
                             sop_uid=str(req.AffectedSOPInstanceUID))

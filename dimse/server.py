@@ -283,6 +283,9 @@ class DimseServer:
                 self.receive_dir.rmdir()
             except OSError:  # not empty (an aborted receive), gone, or not ours: next start
                 pass
+            # pynetdicom's receive folder is process-wide: back to the system's, so that nothing
+            # else in this process (another association's SCU) writes into a removed folder.
+            _receive_into(None)
 
     def begin_shutdown(self, timeout: float) -> None:
         """Start :meth:`stop` in the background (with the HTTP listener's shutdown)."""

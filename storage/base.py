@@ -8,8 +8,10 @@ staged bytes, then ``commit(key)`` makes them durable under that key in one atom
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -120,12 +122,28 @@ class BlobStore(Protocol):
     async def delete(self, key: str) -> None: ...
 
 
+# This host, in the names of files other hosts may see (journals in a shared bucket): a process
+# id means something only on the host that has it.
+HOST_TAG = "h" + hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def owner_name() -> str:
+    """The owner part of a name in shared storage: "PID-hHOSTHASH" (see :func:`owner_alive`)."""
+    return f"{os.getpid()}-{HOST_TAG}"
+
+
 def owner_alive(name: str) -> bool:
-    """Whether the file ``name`` ("PID-…") belongs to another process that still runs. Names
-    without a process id, and this process's own (left by an earlier process that had its id),
-    are not."""
-    pid, sep, _ = name.partition("-")
-    if not sep or not pid.isdigit() or int(pid) == os.getpid():
+    """Whether the file ``name`` ("PID-…", or "PID-hHOSTHASH-…" from :func:`owner_name`) belongs
+    to another process that still runs. A name from another host counts as alive: this host cannot
+    tell, and that host recovers its own leftovers when it restarts. Names without a process id,
+    and this process's own (left by an earlier process that had its id), are not."""
+    pid, sep, rest = name.partition("-")
+    if not sep or not pid.isdigit():
+        return False
+    host = rest.split("-", 1)[0].split(".", 1)[0]
+    if re.fullmatch(r"h[0-9a-f]{8}", host) and host != HOST_TAG:
+        return True
+    if int(pid) == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)

@@ -16,6 +16,7 @@ import requests
 
 from archive.app import create_app
 from archive.config import Config, from_dict
+from tests import pg
 from tests.samples import IN_CI, SHARED_SAMPLES, shared_available
 
 
@@ -24,9 +25,59 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(f"CI=true but the shared DICOM samples are missing at {SHARED_SAMPLES}")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "databases(*engines): run the test on SQLite and on PostgreSQL "
+                                       "(tests/pg.py), or on the engines named")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Tests (or modules) marked `databases` run once per index engine. Module scope: a module's
+    # shared archive (a module-scoped fixture that takes db_backend) is made once per engine.
+    marker = metafunc.definition.get_closest_marker("databases")
+    if marker is not None and "db_backend" in metafunc.fixturenames:
+        metafunc.parametrize("db_backend", marker.args or pg.BACKENDS, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pg.Cluster]:
+    """A throw-away PostgreSQL server for the session (skipped when PostgreSQL is not installed,
+    a failure under CI)."""
+    bindir = pg.find_bindir()
+    if bindir is None:
+        message = "PostgreSQL is not installed (Debian package postgresql)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    cluster = pg.Cluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def db_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The index engine of this variant: "sqlite", or "postgresql" for the PostgreSQL variant of
+    a test marked `databases`, during which every archive (make_config, LiveServer) gets a
+    database of its own on the session's server. Module fixtures that make an archive take this
+    fixture, so that each variant gets its own."""
+    backend = getattr(request, "param", "sqlite")
+    if backend != "postgresql":
+        yield backend
+        return
+    cluster = request.getfixturevalue("postgres")
+    pg.activate(cluster)
+    try:
+        yield backend
+    finally:
+        pg.activate(None)
+        cluster.drop_databases()
+
+
 def make_config(root: Path, **sections: dict) -> Config:
     data: dict = {"storage": {"path": str(root / "files")},
-                  "database": {"url": f"sqlite+aiosqlite:///{root / 'index.db'}"},
+                  "database": {"url": pg.database_url(root)},
                   "dimse": {"enabled": False},  # DIMSE tests turn it on, on a free port
                   # codecs in threads (tests patch them); test_codec_processes covers the pool
                   "render": {"codec_processes": 0},
@@ -87,7 +138,7 @@ class LiveServer:
         self.config.write_text(
             f'[http]\nhost = "127.0.0.1"\nport = {self.port}\n'
             f'[dimse]\nenabled = {str(dimse).lower()}\nport = {self.dimse_port}\n'
-            f'[storage]\npath = "files"\n[database]\nurl = "sqlite+aiosqlite:///index.db"\n'
+            f'[storage]\npath = "files"\n[database]\nurl = "{pg.database_url(root)}"\n'
             f'[log]\nlevel = "info"\n{extra_toml}', encoding="utf-8")
         self.log = open(root / "server.log", "wb")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -107,9 +158,10 @@ class LiveServer:
             try:
                 if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet; or (serve --workers) listening, no worker accepting yet
             time.sleep(0.1)
+        stop_process(self.proc)  # not left running (and restarting workers) after the test
         raise RuntimeError("server did not become ready")
 
     def stop(self) -> None:

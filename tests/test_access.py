@@ -57,7 +57,7 @@ class Commons:
 
 
 @pytest.fixture(scope="module")
-def commons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Commons]:
+def commons(tmp_path_factory: pytest.TempPathFactory, db_backend: str) -> Iterator[Commons]:
     work = tmp_path_factory.mktemp("access")
     tokens = {role: new_token() for role in ROLES}
     toml = "".join(f'[[auth.tokens]]\nname = "{role}-token"\nrole = "{role}"\nsha256 = "{token_hash(t)}"\n'
@@ -131,6 +131,7 @@ def _leaks(body: bytes, c: Commons, role: str) -> list[str]:
 
 
 @pytest.mark.parametrize("role", ["anonymous", "contributor", "evaluator", "admin"])
+@pytest.mark.databases
 def test_http_shows_each_role_exactly_what_it_may_see(commons: Commons, role: str) -> None:
     c = commons
     ghost = Patient("open", "NOBODY")  # UIDs that were never stored
@@ -156,6 +157,7 @@ def test_http_shows_each_role_exactly_what_it_may_see(commons: Commons, role: st
 
 
 @pytest.mark.parametrize("role", ["anonymous", "contributor", "evaluator", "admin"])
+@pytest.mark.databases
 def test_cohorts_show_each_role_exactly_what_it_may_see(commons: Commons, role: str) -> None:
     c = commons
     url = c.server.url
@@ -213,6 +215,7 @@ def _get(c: Commons, aet: str, out: Path, study: str) -> tuple[bytes, list[str]]
 
 
 @pytest.mark.parametrize("role", ["anonymous", "contributor", "evaluator", "admin"])
+@pytest.mark.databases
 def test_dimse_shows_each_calling_ae_exactly_what_it_may_see(commons: Commons, role: str,
                                                              tmp_path: Path) -> None:
     c = commons
@@ -243,6 +246,7 @@ def test_dimse_shows_each_calling_ae_exactly_what_it_may_see(commons: Commons, r
                                      for sop in p.sops), role
 
 
+@pytest.mark.databases
 def test_writes_and_admin_operations_need_their_role(commons: Commons) -> None:
     c = commons
     url = c.server.url

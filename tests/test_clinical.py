@@ -533,6 +533,7 @@ async def _stow(api, patient_id: str, study_uid: str) -> None:
     assert resp.status == 200, await resp.text()
 
 
+@pytest.mark.databases
 async def test_linkage_report(api, tmp_path: Path) -> None:
     a1, a2, b1, c1, unknown = (synth.uid() for _ in range(5))
     for patient, study_uid in (("A", a1), ("A", a2), ("B", b1), ("C", c1)):

@@ -35,6 +35,9 @@ from tests.clinical_data import CaseTruth, ClinicalTruth, write_clinical_files
 from tests.conftest import make_config, multipart
 from tests.samples import IN_CI, REPO
 
+# Run on SQLite and on PostgreSQL (tests/pg.py).
+pytestmark = pytest.mark.databases
+
 GEN3 = REPO.parent / "shared" / "reference" / "midrc-harmonization" / "study_descriptions_gen3.tsv"
 DOCS = REPO / "docs" / "cohorts.md"
 # Used when ../shared is missing outside CI: (Modality, StudyDescription, frequency) of gen3.
@@ -208,7 +211,7 @@ async def _load(root: Path, studies: list[GenStudy], files: dict[str, bytes]) ->
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> DataSet:
+def data(tmp_path_factory: pytest.TempPathFactory, db_backend: str) -> DataSet:
     rng = random.Random(20240611)
     root = tmp_path_factory.mktemp("cohorts")
     studies = _draw(rng)
@@ -670,6 +673,7 @@ def config_file(data: DataSet) -> Iterator[Path]:
     yield path
 
 
+@pytest.mark.databases("sqlite")  # its config file names the SQLite index
 def test_cli_query_save_list(data: DataSet, config_file: Path, tmp_path: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:
     filters = {"modality": ["CT"], "covid19_positive": "Yes"}

@@ -132,6 +132,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path,
     ("[qido]\nmax_results = 0\n", "max_results"),
     ("[log]\nlevel = \"verbose\"\n", "level"),
     ("[log]\nformat = \"xml\"\n", "format"),
+    ("[release]\nmin_cell_count = 0\n", "min_cell_count"),
     ("http = 5\n", "http"),
 ])
 def test_bad_settings_name_the_key(tmp_path: Path, text: str, named: str) -> None:

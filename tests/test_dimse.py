@@ -286,7 +286,7 @@ class Pacs:
 
 
 @pytest.fixture(scope="module")
-def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
+def pacs(tmp_path_factory: pytest.TempPathFactory, db_backend: str) -> Iterator[Pacs]:
     storescu = tool("storescu")
     work = tmp_path_factory.mktemp("dimse")
     dest_port = free_port()
@@ -306,12 +306,14 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
 
 # -- C-ECHO, C-STORE ------------------------------------------------------------------------------
 
+@pytest.mark.databases
 def test_echo(pacs: Pacs) -> None:
     code, log = echo(pacs.server)
     assert code == 0, log
     assert "Received Echo Response (Success)" in log
 
 
+@pytest.mark.databases
 def test_storescu_one_association_several_transfer_syntaxes(pacs: Pacs) -> None:
     log = pacs.log
     assert log.count("Association Accepted") == 1 and log.count("Requesting Association") == 1
@@ -337,6 +339,7 @@ def test_storescu_one_association_several_transfer_syntaxes(pacs: Pacs) -> None:
         assert status_code(pacs.statuses[str(b.sample.path)]) == DUPLICATE_SOP_INSTANCE
 
 
+@pytest.mark.databases
 def test_storescu_stored_instances_come_back_identical(pacs: Pacs) -> None:
     verify_stored(pacs.server, pacs.stored)
 
@@ -570,6 +573,7 @@ _CASES: list[tuple[str, str, str, dict[str, Any]]] = [
 
 
 @pytest.mark.parametrize(("model", "level", "keys"), [c[1:] for c in _CASES], ids=[c[0] for c in _CASES])
+@pytest.mark.databases
 def test_cfind(pacs: Pacs, tmp_path: Path, model: str, level: str, keys: dict[str, Any]) -> None:
     keys = {k: (v() if callable(v) else v) for k, v in keys.items()}
     expected = expected_matches(pacs.stored, level, keys)
@@ -601,6 +605,7 @@ def test_cfind(pacs: Pacs, tmp_path: Path, model: str, level: str, keys: dict[st
     assert not wrong
 
 
+@pytest.mark.databases
 def test_cfind_level_outside_the_information_model(pacs: Pacs, tmp_path: Path) -> None:
     """PATIENT is not a level of the study root model: a failure status, no match."""
     code, log = findscu(pacs.server, tmp_path, "-S", {"QueryRetrieveLevel": "PATIENT", "PatientID": ""})
@@ -610,6 +615,7 @@ def test_cfind_level_outside_the_information_model(pacs: Pacs, tmp_path: Path) -
     assert echo(pacs.server)[0] == 0
 
 
+@pytest.mark.databases
 def test_stow_rs_study_found_by_cfind(tmp_path: Path) -> None:
     study, series = synth.uid(), synth.uid()
     sops = [synth.uid(), synth.uid()]
@@ -713,6 +719,7 @@ def check_arrived(arrived: dict[str, Dataset], expected: list[Record]) -> None:
         assert not dataset_differences(dcmread(r.sample.path), back, UID(r.ts).is_encapsulated), r.name
 
 
+@pytest.mark.databases
 def test_cmove_series_to_storescp(pacs: Pacs, tmp_path: Path) -> None:
     """Patient root, SERIES level: every instance of the series arrives, counts are right."""
     rec = by_name("ct/CT_small_highdicom.dcm")
@@ -731,6 +738,7 @@ def test_cmove_series_to_storescp(pacs: Pacs, tmp_path: Path) -> None:
         scp.stop()
 
 
+@pytest.mark.databases
 def test_cmove_studies_in_several_transfer_syntaxes(pacs: Pacs, tmp_path: Path) -> None:
     """Study root, a list of two studies whose instances are in nine transfer syntaxes: all of
     them arrive, each in its own transfer syntax (storescp accepts every one)."""
@@ -752,6 +760,7 @@ def test_cmove_studies_in_several_transfer_syntaxes(pacs: Pacs, tmp_path: Path) 
         scp.stop()
 
 
+@pytest.mark.databases
 def test_cmove_unknown_destination(pacs: Pacs) -> None:
     study = _uid("color/TestPattern_RGB.dcm", "StudyInstanceUID")
     code, log = movescu(pacs, "-S", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study},
@@ -768,6 +777,7 @@ def getscu(pacs: Pacs, out: Path, rec: Record, *options: str) -> tuple[int, str]
                 "127.0.0.1", str(pacs.server.dimse_port)])
 
 
+@pytest.mark.databases
 def test_cget_series(pacs: Pacs, tmp_path: Path) -> None:
     rec = by_name("ct/CT_small_highdicom.dcm")
     want = [r for r in pacs.stored if r.get("SeriesInstanceUID") == rec.get("SeriesInstanceUID")]
@@ -779,6 +789,7 @@ def test_cget_series(pacs: Pacs, tmp_path: Path) -> None:
     check_arrived(received(tmp_path / "get"), want)
 
 
+@pytest.mark.databases
 def test_cget_compressed_series(pacs: Pacs, tmp_path: Path) -> None:
     """getscu +xw proposes, per SOP class, one context with JPEG 2000 first and the uncompressed
     syntaxes after it: the archive must accept JPEG 2000 and send its JPEG 2000 instances."""

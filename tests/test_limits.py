@@ -119,6 +119,7 @@ async def test_requests_beyond_max_concurrent_requests_get_503(aiohttp_client, t
 # -- QIDO-RS ------------------------------------------------------------------------------------
 
 
+@pytest.mark.databases
 async def test_runaway_query_is_interrupted_with_503(aiohttp_client, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A query that would never end (an unbounded recursive CTE stands in for a pathological
@@ -144,6 +145,7 @@ async def test_runaway_query_is_interrupted_with_503(aiohttp_client, tmp_path: P
     assert len(await resp.json()) == 1
 
 
+@pytest.mark.databases
 async def test_huge_limit_stays_bounded_by_max_results(aiohttp_client, tmp_path: Path) -> None:
     client = await make_client(aiohttp_client, tmp_path, qido={"max_results": 3})
     body, ctype = multipart([synth.instance() for _ in range(5)])
@@ -174,6 +176,7 @@ def test_limit_keys_defaults_and_validation() -> None:
             from_dict(bad)
 
 
+@pytest.mark.databases
 async def test_runaway_c_find_is_interrupted_with_a700(aiohttp_client, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """C-FIND goes through the same search and the same [qido] timeout: an endless query is
@@ -215,6 +218,7 @@ async def test_runaway_c_find_is_interrupted_with_a700(aiohttp_client, tmp_path:
     assert await asyncio.to_thread(find) == [0xFF00, 0x0000]  # one match, then success
 
 
+@pytest.mark.databases
 async def test_runaway_cohort_query_is_interrupted_with_503(aiohttp_client, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Cohort queries share QIDO-RS's deadline ([qido] timeout): the same endless statement stands

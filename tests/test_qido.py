@@ -27,7 +27,7 @@ from archive.app import create_app
 from tests.conftest import make_config, multipart
 
 # Searches do not change the archive: one stored population (one event loop) serves the module.
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.databases]
 
 # ---------------------------------------------------------------------------------------------
 # The population
@@ -173,7 +173,7 @@ async def _archive(root: Path, **sections: dict[str, Any]) -> AsyncIterator[Test
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def archive(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TestClient]:
+async def archive(tmp_path_factory: pytest.TempPathFactory, db_backend: str) -> AsyncIterator[TestClient]:
     async with _archive(tmp_path_factory.mktemp("qido")) as client:
         yield client
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from archive.app import create_app
+from storage.base import HOST_TAG
 from storage.filesystem import FilesystemStore
 from tests.conftest import make_config, multipart
 from tests.samples import storable
@@ -55,3 +56,26 @@ async def test_no_journal_left_after_normal_batches(client, archive_config) -> N
     assert resp.status in (200, 202)
     journal = archive_config.storage_path / "data" / "journal"
     assert not journal.exists() or list(journal.iterdir()) == []
+
+
+async def test_restart_leaves_the_journals_of_other_hosts_alone(aiohttp_client, tmp_path) -> None:
+    """Hosts sharing a bucket see each other's journals: a process id is only meaningful on its
+    own host, so a starting host recovers its own dead processes' batches, never another host's
+    (whose blobs may be about to be indexed)."""
+    cfg = make_config(tmp_path)
+    store = FilesystemStore(cfg.storage_path)
+    await store.start()
+    theirs, ours = "1.2.3/1.2.3.4/1.2.3.4.6.0123456789ab.dcm", "1.2.3/1.2.3.4/1.2.3.4.7.0123456789ab.dcm"
+    await _put(store, theirs, b"another host's batch in flight")
+    await _put(store, ours, b"this host's dead batch")
+    # Neither process id runs here: that decides for this host's journal, not for another's.
+    await _put(store, "journal/999999998-h00000000-a.json", json.dumps([["1.2.3.4.6", theirs]]).encode())
+    await _put(store, f"journal/999999999-{HOST_TAG}-b.json", json.dumps([["1.2.3.4.7", ours]]).encode())
+    store.close()
+
+    client = await aiohttp_client(create_app(cfg))
+    data_dir = cfg.storage_path / "data"
+    assert (data_dir / theirs).exists() and (data_dir / "journal" / "999999998-h00000000-a.json").exists()
+    assert not (data_dir / ours).exists()
+    assert not (data_dir / "journal" / f"999999999-{HOST_TAG}-b.json").exists()
+    await client.close()

@@ -17,6 +17,9 @@ from tests import synth
 from tests.conftest import make_config, multipart
 from tests.samples import storable
 
+# Run on SQLite and on PostgreSQL (tests/pg.py).
+pytestmark = pytest.mark.databases
+
 DOES_NOT_MATCH = 0xA900  # 43264
 DUPLICATE_SOP_INSTANCE = 0x0111  # 273
 CANNOT_UNDERSTAND = 0xC000

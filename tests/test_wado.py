@@ -16,6 +16,9 @@ from tests import synth
 from tests.conftest import make_config, multipart
 from tests.test_roundtrip import parse_multipart
 
+# Run on SQLite and on PostgreSQL (tests/pg.py).
+pytestmark = pytest.mark.databases
+
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 DICOM_ANY_TS = 'multipart/related; type="application/dicom"; transfer-syntax=*'

@@ -52,8 +52,9 @@ def _log(conn: Connection, patient_id: str | None) -> list[dict[str, Any]]:
 
 async def release_history(request: web.Request) -> web.Response:
     require_admin(request)
+    patient_id = request.query.get("patient_id", "").replace("\x00", "")  # no stored id holds NUL
     async with request.app[keys.ENGINE].connect() as conn:
-        rows = await conn.run_sync(_log, request.query.get("patient_id"))
+        rows = await conn.run_sync(_log, patient_id)
     return web.json_response(rows)
 
 
@@ -97,7 +98,7 @@ async def delete_quarantined(request: web.Request) -> web.Response:
     """DELETE /api/quarantine/{patient_id} (admin): the quarantined patient's data, gone from the
     index and then from storage. Only quarantined patients: other deletions are not offered."""
     admin = require_admin(request)
-    patient_id = request.match_info["patient_id"]
+    patient_id = request.match_info["patient_id"].replace("\x00", "")  # no stored id holds NUL
     async with request.app[keys.ENGINE].begin() as conn:
         keys_ = await conn.run_sync(_delete_quarantined, patient_id, admin.name)
     if keys_ is None:

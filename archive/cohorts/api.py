@@ -3,7 +3,8 @@
 (unknown cohort) or 415 (not JSON).
 
 - ``POST /api/cohorts/query``: ``{"filters": {...}, "limit": 100, "offset": 0, "facets": true}`` ->
-  counts, facets and a page of studies;
+  counts, facets and a page of studies (``"facets"``: a list of names asks for those, the extra
+  ones ``institution`` and ``release_state`` included);
 - ``POST /api/cohorts`` ``{"name", "filters"}`` -> 201, the saved cohort; ``GET /api/cohorts``;
   ``GET /api/cohorts/{id}`` (with current counts); ``DELETE /api/cohorts/{id}``;
 - ``GET /api/cohorts/{id}/manifest?format=json|csv``: one row per series, streamed;
@@ -22,7 +23,7 @@ from archive import keys
 from archive.auth import ADMIN, EVALUATOR, principal, require_admin, visibility
 from archive.cohorts import manifest, store
 from archive.cohorts.filters import FilterError, parse_filters
-from archive.cohorts.query import cohort_counts, run_query, study_pks
+from archive.cohorts.query import ALL_FACETS, cohort_counts, run_query, study_pks
 from archive.dicomweb import zipstream
 from archive.dicomweb.media import base_url
 from archive.query.run import QueryTimeout
@@ -73,6 +74,20 @@ def _whole(body: dict[str, Any], name: str, default: int, maximum: int) -> int:
     return value
 
 
+def _facets(value: Any) -> bool | list[str]:
+    """``true`` (the default facets), ``false``, or a list of facet names (the default ones and
+    the extra ones: site and release state)."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise FilterError("facets", f"{str(value)[:80]!r}: give true, false or a list of facet names")
+    unknown = [v for v in value if v not in ALL_FACETS]
+    if unknown:
+        raise FilterError("facets", f"unknown facet {unknown[0][:80]!r}; the facets are "
+                                    f"{', '.join(ALL_FACETS)}")
+    return value
+
+
 async def query(request: web.Request) -> web.Response:
     """POST /api/cohorts/query."""
     try:
@@ -80,9 +95,7 @@ async def query(request: web.Request) -> web.Response:
         filters = parse_filters(body.get("filters"))
         limit = _whole(body, "limit", DEFAULT_LIMIT, MAX_LIMIT)
         offset = _whole(body, "offset", 0, MAX_OFFSET)
-        facets = body.get("facets", True)
-        if not isinstance(facets, bool):
-            raise FilterError("facets", f"{facets!r} is not true or false")
+        facets = _facets(body.get("facets", True))
     except _BadRequest as exc:
         return exc.response
     except FilterError as exc:
@@ -100,13 +113,21 @@ async def query(request: web.Request) -> web.Response:
 _COUNTED = ("patients", "studies", "series", "instances")
 
 
+def suppression_minimum(request: web.Request) -> int | None:
+    """The ``[release] min_cell_count`` below which the caller's counts are hidden, or None when
+    the caller sees every count (evaluators and admins)."""
+    if principal(request).role in (EVALUATOR, ADMIN):
+        return None
+    return request.app[keys.CONFIG].release.min_cell_count
+
+
 def _public_counts(request: web.Request, out: dict[str, Any]) -> dict[str, Any]:
     """Counts and facets as the caller may see them: for anyone but evaluators and admins, a
     count of people or their images below ``[release] min_cell_count`` is shown as "<N", as data
     commons do, so that a small group cannot be singled out (bytes go with the studies)."""
-    if principal(request).role in (EVALUATOR, ADMIN):
+    minimum = suppression_minimum(request)
+    if minimum is None:
         return out
-    minimum = request.app[keys.CONFIG].release.min_cell_count
     counts = out.get("counts", {})
     if counts and suppress(counts.get("studies", 0), minimum) != counts.get("studies", 0):
         counts["bytes"] = None  # would tell the size of a suppressed group

@@ -64,7 +64,8 @@ async def series_rows(engine: AsyncEngine, pks: Sequence[int], base_url: str) ->
                              .join(patients, studies.c.patient_pk == patients.c.pk)
                              .join(instances, instances.c.series_pk == series.c.pk))
                 .where(studies.c.pk.in_(chunk))
-                .group_by(series.c.pk)
+                # Every table's key: PostgreSQL takes only columns of grouped keys' tables.
+                .group_by(series.c.pk, studies.c.pk, patients.c.pk)
                 .order_by(series.c.series_number, series.c.pk))
         async with engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()

@@ -47,6 +47,10 @@ _AGE_UPPER = ((18, "0-17"), (30, "18-29"), (40, "30-39"), (50, "40-49"), (65, "5
               (75, "65-74"), (85, "75-84"))
 FACETS = ("modality", "loinc", "body_region", "sex", "age_group", "race", "ethnicity",
           "covid19_positive", "study_year", "manufacturer")
+# Facets given only when asked for by name ("facets": [...]): the site (InstitutionName, at series
+# level like manufacturer) and the patients' release state (only the states the caller may see).
+EXTRA_FACETS = ("institution", "release_state")
+ALL_FACETS = FACETS + EXTRA_FACETS
 _TOTALS = "#totals"
 
 
@@ -146,27 +150,40 @@ def _age_group() -> ColumnElement[str]:
     return case(*whens, else_="85+")
 
 
-def _statistics_statement(filters: CohortFilters, visible: Visibility, facets: bool) -> Select[Any]:
-    """Totals and (with ``facets``) every facet, as one UNION ALL of GROUP BYs over the
-    materialized cohort: rows of (facet, value, name, studies, patients, series, instances, bytes)."""
+def wanted_facets(facets: bool | Sequence[str]) -> tuple[str, ...]:
+    """The facets to compute: True is :data:`FACETS`, False none, a sequence those named (of
+    :data:`ALL_FACETS`)."""
+    if isinstance(facets, bool):
+        return FACETS if facets else ()
+    return tuple(name for name in ALL_FACETS if name in facets)
+
+
+def _statistics_statement(filters: CohortFilters, visible: Visibility,
+                          facets: bool | Sequence[str]) -> Select[Any]:
+    """Totals and the ``facets`` asked for (see :func:`wanted_facets`), as one UNION ALL of GROUP BYs
+    over the materialized cohort: rows of (facet, value, name, studies, patients, series, instances,
+    bytes)."""
+    wanted = wanted_facets(facets)
     cohort = cohort_select(filters, [
         studies.c.pk.label("study_pk"), studies.c.patient_pk, studies.c.num_series,
         studies.c.num_instances, studies.c.size, studies.c.loinc_code, studies.c.loinc_name,
         studies.c.loinc_region, func.substr(studies.c.study_date, 1, 4).label("year"),
         cases.c.sex, cases.c.race, cases.c.ethnicity, cases.c.covid19_positive,
-        _age_group().label("age_group")], visible).cte("cohort")
-    if facets:
+        _age_group().label("age_group"), patients.c.release_state], visible).cte("cohort")
+    if wanted:
         cohort = cohort.prefix_with("MATERIALIZED")  # used by every member below
     c = cohort.c
     totals = select(literal(_TOTALS), cast(null(), String), cast(null(), String),
                     func.count(), func.count(func.distinct(c.patient_pk)),
                     func.coalesce(func.sum(c.num_series), 0), func.coalesce(func.sum(c.num_instances), 0),
                     func.coalesce(func.sum(c.size), 0)).select_from(cohort)
-    if not facets:
+    if not wanted:
         return totals
     members: list[Select[Any]] = [totals]
 
     def facet(name: str, value: Any, label: Any = None, of: Any = cohort) -> None:
+        if name not in wanted:
+            return
         # Over the cohort a row is a study; over cohort_series a study may have several rows.
         n_studies = func.count() if of is cohort else func.count(func.distinct(of.c.study_pk))
         group = [value] if label is None else [value, label]
@@ -178,7 +195,8 @@ def _statistics_statement(filters: CohortFilters, visible: Visibility, facets: b
     # Series-level attributes: a study counts once under each value its series have. The join
     # is materialized on its own: grouped directly, SQLite may scan every series by modality
     # (for the order) and probe the cohort, instead of probing the series of the cohort's studies.
-    joined = select(c.study_pk, c.patient_pk, series.c.modality, series.c.manufacturer).select_from(
+    joined = select(c.study_pk, c.patient_pk, series.c.modality, series.c.manufacturer,
+                    series.c.institution_name).select_from(
         cohort.join(series, series.c.study_pk == c.study_pk)).cte("cohort_series").prefix_with("MATERIALIZED")
     facet("modality", joined.c.modality, of=joined)
     facet("loinc", c.loinc_code, c.loinc_name)
@@ -187,6 +205,8 @@ def _statistics_statement(filters: CohortFilters, visible: Visibility, facets: b
         facet(name, c[name])
     facet("study_year", c.year)
     facet("manufacturer", joined.c.manufacturer, of=joined)
+    facet("institution", joined.c.institution_name, of=joined)
+    facet("release_state", c.release_state)
     return union_all(*members)  # type: ignore[return-value]
 
 
@@ -199,11 +219,13 @@ def _facet_order(name: str, entry: dict[str, Any]) -> tuple[Any, ...]:
 
 
 async def statistics(conn: AsyncConnection, filters: CohortFilters, visible: Visibility = PUBLIC,
-                     facets: bool = True) -> tuple[Counts, dict[str, list[dict[str, Any]]] | None]:
-    """The cohort's counts and (with ``facets``) facets: value -> studies and patients, most
-    studies first (age groups in band order, years in order); null is "no value"."""
+                     facets: bool | Sequence[str] = True
+                     ) -> tuple[Counts, dict[str, list[dict[str, Any]]] | None]:
+    """The cohort's counts and (with ``facets``: :func:`wanted_facets`) facets: value -> studies
+    and patients, most studies first (age groups in band order, years in order); null is "no
+    value"."""
     counts = Counts()
-    found: dict[str, list[dict[str, Any]]] = {name: [] for name in FACETS}
+    found: dict[str, list[dict[str, Any]]] = {name: [] for name in wanted_facets(facets)}
     for row in (await conn.execute(_statistics_statement(filters, visible, facets))).all():
         name, value, label, n_studies, n_patients, n_series, n_instances, n_bytes = row
         if name == _TOTALS:
@@ -223,7 +245,7 @@ async def statistics(conn: AsyncConnection, filters: CohortFilters, visible: Vis
 _PAGE_COLUMNS = (studies.c.study_uid, patients.c.patient_id, studies.c.study_date,
                  studies.c.study_description, studies.c.modalities, studies.c.loinc_code,
                  studies.c.loinc_name, studies.c.loinc_region, studies.c.num_series,
-                 studies.c.num_instances, studies.c.size)
+                 studies.c.num_instances, studies.c.size, patients.c.release_state)
 
 
 def study_url(base_url: str, study_uid: str) -> str:
@@ -243,12 +265,13 @@ async def study_page(conn: AsyncConnection, filters: CohortFilters, limit: int, 
                     "loinc_code": r.loinc_code, "loinc_name": r.loinc_name,
                     "body_region": r.loinc_region, "series": r.num_series,
                     "instances": r.num_instances, "bytes": r.size,
-                    "url": url, "thumbnail": url + "/thumbnail"})
+                    "url": url, "thumbnail": url + "/thumbnail",
+                    "release_state": r.release_state})
     return out
 
 
 async def run_query(engine: AsyncEngine, filters: CohortFilters, base_url: str, *, limit: int = 100,
-                    offset: int = 0, facets: bool = True, visible: Visibility = PUBLIC,
+                    offset: int = 0, facets: bool | Sequence[str] = True, visible: Visibility = PUBLIC,
                     timeout: float = 0) -> CohortResult:
     """Counts, facets and one page of studies, read in one transaction (one snapshot), within
     ``timeout`` seconds (0: none; else QueryTimeout, as for QIDO-RS)."""

@@ -39,6 +39,8 @@ MAX_VIEWPORT = 8192
 # A representative image that cannot be rendered is replaced by the next candidate, this often.
 _CANDIDATES = 3
 _CACHE_VERSION = 1  # bump when rendering changes, so that cached thumbnails are rendered again
+# Instances of a remote store up to this size are read whole and handed to a codec worker process.
+_HANDED_OVER = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -269,10 +271,17 @@ async def render_one(request: web.Request, inst: StoredInstance, index: int,
     encode) runs in a worker: decoding and JPEG encoding would otherwise share one core.
     Without workers the same call runs in a thread, so both modes render with one function."""
     codecs = request.app[keys.CODECS]
-    path = request.app[keys.STORE].local_path(inst.storage_key)
+    store = request.app[keys.STORE]
+    path = store.local_path(inst.storage_key)
     if path is not None:
         data = await codecs.run(render.render_file_frame, path, inst.transfer_syntax_uid, index, params)
+    elif codecs.processes > 0 and inst.size <= _HANDED_OVER:
+        # A remote store (S3): the worker gets the bytes, read here in one GET, not a path.
+        blob = await store.read_range(inst.storage_key, 0, inst.size)
+        data = await codecs.run(render.render_bytes_frame, blob, inst.transfer_syntax_uid, index, params)
     else:
+        # Threads only, or a large instance of a remote store: rendered in a thread that reads
+        # the header and this frame only (open_sync's ranged reads).
         stream = FrameStream(request, inst, [index], params)
         try:
             data = await stream.next()

@@ -184,15 +184,19 @@ async def _stream_instances(request: web.Request, found: list[StoredInstance]) -
                                    for h, i in zip(heads, found, strict=True)) + len(closing))
     await response.prepare(request)
     groups = _batches(found)
+
+    def alone(group: list[int]) -> bool:  # a large instance: streamed, never buffered
+        return len(group) == 1 and found[group[0]].size >= _SMALL
+
     # Two reusable buffers (one being sent, one being filled), allocated here once: batches
     # read into them keep the server's memory flat over any number of parts.
-    width = max(_BATCH_BYTES, max(sum(len(heads[i]) + found[i].size + len(PART_END)
-                                      for i in g) for g in groups))
+    width = max([_BATCH_BYTES] + [sum(len(heads[i]) + found[i].size + len(PART_END) for i in g)
+                                  for g in groups if not alone(g)])
     buffers = [bytearray(width), bytearray(width)]
 
     def load(g: int) -> asyncio.Future[Any]:
         group = groups[g]
-        if len(group) == 1 and found[group[0]].size >= _SMALL:
+        if alone(group):
             return asyncio.ensure_future(store.open_local(found[group[0]].storage_key))
         buf = memoryview(buffers[g % 2])
         items, pos = [], 0

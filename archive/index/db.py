@@ -1,4 +1,5 @@
-"""Engine set-up: SQLite in WAL mode with durable commits, schema creation and version check."""
+"""Engine set-up: SQLite in WAL mode with durable commits, or PostgreSQL (asyncpg); schema
+creation and version check."""
 
 from __future__ import annotations
 
@@ -41,8 +42,12 @@ def create_engine(url: str, echo: bool = False) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    connect_args: dict[str, Any] = {}
+    if parsed.drivername == "postgresql+asyncpg":
+        # Timestamps the database makes (server defaults: now()) are UTC, as SQLite's are.
+        connect_args["server_settings"] = {"timezone": "UTC", "application_name": "imaging-archive"}
     # A bounded pool: each SQLite connection has its own page cache (8 MB, see the pragmas).
-    engine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=5)
+    engine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=5, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
@@ -73,6 +78,7 @@ async def init_schema(engine: AsyncEngine) -> None:
     """Create the tables on a new database (at the head revision); refuse a database at another
     revision, naming the command that upgrades it."""
     async with engine.begin() as conn:
+        await conn.run_sync(migrate.lock)  # processes starting together on a new database
         revision = await conn.run_sync(migrate.current)
         if revision is None:
             await conn.run_sync(metadata.create_all)
@@ -84,6 +90,11 @@ async def init_schema(engine: AsyncEngine) -> None:
             raise SchemaError(
                 f"the index is at schema revision {revision}, this server needs {expected}: "
                 "back it up, then run `imaging-archive db upgrade --config FILE`")
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (PostgreSQL's drivers give one), else None."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None)
 
 
 async def using_engine(url: str, work: Callable[[AsyncEngine], Awaitable[T]], echo: bool = False) -> T:

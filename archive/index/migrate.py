@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection
 
 from archive.index.schema import schema_info
@@ -43,6 +43,15 @@ def current(conn: Connection) -> str | None:
     return _LEGACY.get(max(versions), f"legacy-{max(versions)}")
 
 
+def lock(conn: Connection) -> None:
+    """Make the caller's transaction the only one changing this database's schema until it ends
+    (PostgreSQL: several processes or hosts may start on a new database, or upgrade it, at once;
+    one creates it and the others then find it made). SQLite's writers are serialized already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock("
+                          "hashtext('imaging-archive schema ' || current_database()))"))
+
+
 def stamp_head(conn: Connection) -> None:
     """Record a database just created from the current schema as being at the head revision."""
     command.stamp(_config(conn), "head")
@@ -50,6 +59,7 @@ def stamp_head(conn: Connection) -> None:
 
 def upgrade(conn: Connection) -> tuple[str | None, str]:
     """Bring the database to the head revision; (revision before, after)."""
+    lock(conn)
     before = current(conn)
     if before is not None and before.startswith("legacy-"):
         raise ValueError(f"the index is at schema version {before[7:]}, written by a development "

@@ -30,7 +30,9 @@ def placement_values(placement: Placement) -> dict[str, Any]:
             "loinc_system": p.system if p else None, "loinc_region": p.region if p else None,
             "loinc_timing": (p.timing or None) if p else None, "harmonize_how": placement.how,
             "harmonize_confidence": round(placement.confidence, 4),
-            "harmonize_reason": placement.reason[:500], "harmonize_version": MAPPING_VERSION}
+            # The reason may quote the description as sent: no NUL (PostgreSQL text cannot hold it).
+            "harmonize_reason": placement.reason[:500].replace("\x00", ""),
+            "harmonize_version": MAPPING_VERSION}
 
 
 def place_studies(conn: Connection, harmonizer: Harmonizer, study_pks: Iterable[int],
@@ -51,7 +53,7 @@ def place_studies(conn: Connection, harmonizer: Harmonizer, study_pks: Iterable[
             body_parts.setdefault(study_pk, part)
         rows = conn.execute(select(studies.c.pk, studies.c.modalities, studies.c.study_description,
                                    studies.c.num_instances, *(studies.c[c] for c in _COLUMNS))
-                            .where(studies.c.pk.in_(chunk)))
+                            .where(studies.c.pk.in_(chunk)).order_by(studies.c.pk))  # update order: pk
         changes: list[dict[str, Any]] = []
         for row in rows:
             description = (descriptions or {}).get(row.pk, row.study_description or "")

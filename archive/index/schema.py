@@ -4,6 +4,7 @@ its DICOM JSON (zlib-compressed, bulk data as URIs) so metadata reads never touc
 from __future__ import annotations
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     Boolean,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    event,
     func,
 )
 
@@ -229,3 +231,35 @@ cohorts = Table(
 Index("ix_cases_cohort", cases.c.covid19_positive, cases.c.sex, cases.c.age_at_index)
 Index("ix_studies_patient_date", studies.c.patient_pk, studies.c.study_date)
 Index("ix_patients_id_release", patients.c.patient_id, patients.c.release_state)
+
+
+# PostgreSQL only (revision 0003 makes them on an upgraded database): wildcard matching that uses
+# an index, and deep paging. Trigram GIN indexes (pg_trgm) serve LIKE with a leading wildcard
+# ("*SMITH*") on the upper-cased person names and the descriptions, and any-collation prefix
+# matching; pattern-ops B-trees serve prefix matching ("PID00*") on identifiers, which a B-tree of
+# a database whose collation is not C cannot do. SQLite matches these with a scan of the table it
+# searches.
+event.listen(metadata, "before_create",
+             DDL("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute_if(dialect="postgresql"))
+
+
+def _trigram(name: str, column: Column[str]) -> Index:
+    return Index(name, column, postgresql_using="gin",
+                 postgresql_ops={column.name: "gin_trgm_ops"}).ddl_if(dialect="postgresql")
+
+
+def _pattern(name: str, column: Column[str]) -> Index:
+    return Index(name, column, postgresql_ops={column.name: "text_pattern_ops"}).ddl_if(dialect="postgresql")
+
+
+PG_INDEXES = (
+    _trigram("ix_patients_name_trgm", patients.c.patient_name_norm),
+    _trigram("ix_studies_referring_trgm", studies.c.referring_physician_name_norm),
+    _trigram("ix_studies_description_trgm", studies.c.study_description),
+    _pattern("ix_patients_id_pattern", patients.c.patient_id),
+    _pattern("ix_studies_accession_pattern", studies.c.accession_number),
+    # A page of studies far from the first (QIDO-RS offset): the studies in order with their
+    # patient, read from the index alone (archive.query.sql._page_keys).
+    Index("ix_studies_pk_patient", studies.c.pk,
+          postgresql_include=["patient_pk"]).ddl_if(dialect="postgresql"),
+)

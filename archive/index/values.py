@@ -34,6 +34,8 @@ def column_values(json: dict[str, Any], level: Level) -> dict[str, Any]:
                 value = None
         elif value is not None and not isinstance(value, str):
             value = str(value)
+        if isinstance(value, str) and "\x00" in value:
+            value = value.replace("\x00", "")  # PostgreSQL text cannot hold NUL (queries drop it too)
         out[attr.column] = value
     return out
 

@@ -5,13 +5,20 @@ the transaction, what each instance is to the index: new, an identical copy of a
 different instance under a stored SOP Instance UID (rejected or replacing the old one, per the
 configured policy). Writers are serialized in-process: SQLite has one writer at a time anyway, and
 it keeps the check-then-insert of duplicates atomic.
+
+Writers of other processes (serve --workers, several hosts on one PostgreSQL) are not serialized
+with ours on PostgreSQL: a patient, study or series row two of them create at once is inserted
+with ON CONFLICT DO NOTHING and looked up again; counts are updated in pk order (two batches never
+wait for each other's rows in a cycle there); a batch that still collides with another (the same
+SOP Instance UID stored by both, new rows inserted in opposite orders: a deadlock) is rolled back
+and run again, and then sees the other's rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections import ChainMap, defaultdict
+from collections import defaultdict
 from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,12 +28,14 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archive.auth import QUARANTINED
 from archive.config import ReleaseConfig
 from archive.dicom.procedure import PROCEDURE_CODE_SEQUENCE
 from archive.harmonize import Harmonizer
+from archive.index.db import sqlstate
 from archive.index.procedures import place_studies
 from archive.index.schema import instances, patients, series, studies
 from archive.index.values import column_values, normalize_pn
@@ -82,8 +91,12 @@ class _Deltas:
     new_patients: set[str] = field(default_factory=set)  # PatientIDs this batch created
 
 
-_KNOWN_MAX = 20_000
 _IN_CHUNK = 500  # values per IN list (SQLite allows 32,766 bound parameters)
+# PostgreSQL errors after which a batch is run again: unique_violation (another process stored
+# the same row first), foreign_key_violation (a cached series or study another process removed),
+# deadlock_detected, serialization_failure.
+_RETRY_STATES = frozenset({"23505", "23503", "40P01", "40001"})
+_ATTEMPTS = 5
 
 
 class IndexWriter:
@@ -105,26 +118,29 @@ class IndexWriter:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="index-writer") if sync_engine else None
         self._lock = asyncio.Lock()
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        # ("study"|"series", UID) -> pk of rows known to exist: saves three SELECTs per instance
-        # of a series already seen (C-STORE commits one instance at a time).
-        self._known: dict[tuple[str, Any], int] = {}
 
     async def add(self, records: list[InstanceRecord]) -> list[AddResult]:
         """Index ``records`` in one transaction; the results are in the same order."""
         if not records:
             return []
         async with self._lock:
-            # Lookups see the shared cache; what this transaction learns goes to the first map
-            # and is shared only once the transaction has committed.
-            cache: ChainMap[tuple[str, Any], int] = ChainMap({}, self._known)
-            results, removed = await self._transaction(records, cache)
-            if removed:  # a series or study may be gone: forget everything
-                self._known.clear()
-            else:
-                if len(self._known) > _KNOWN_MAX:
-                    self._known.clear()
-                self._known.update(cache.maps[0])
+            # No study/series pk outlives its transaction: another process (or an admin's delete)
+            # may remove a row, and SQLite hands a removed row's pk to the next new row, so a
+            # cached pk could file an instance under another patient's study. Looking the batch's
+            # UIDs up costs one SELECT … IN per level per batch.
+            results, _removed = await self._transaction_retried(records)
             return results
+
+    async def _transaction_retried(self, records: list[InstanceRecord]) -> tuple[list[AddResult], bool]:
+        """The batch's transaction, run again (from a clean slate) when it collided with another
+        process's (see _RETRY_STATES)."""
+        for _ in range(_ATTEMPTS - 1):
+            try:
+                return await self._transaction(records, {})
+            except DBAPIError as exc:
+                if sqlstate(exc) not in _RETRY_STATES:
+                    raise
+        return await self._transaction(records, {})
 
     async def _transaction(self, records: list[InstanceRecord],
                            cache: MutableMapping[tuple[str, Any], int]) -> tuple[list[AddResult], bool]:
@@ -320,7 +336,8 @@ class IndexWriter:
 
     def _apply(self, conn: Connection, d: _Deltas) -> None:
         """Apply the batch's count changes: one executemany UPDATE per table."""
-        series_n = [{"b_pk": pk, "b_n": n} for pk, n in d.series_instances.items() if n]
+        # Rows are updated in pk order, as the other writers update them (no lock cycles).
+        series_n = [{"b_pk": pk, "b_n": n} for pk, n in sorted(d.series_instances.items()) if n]
         if series_n:
             conn.execute(update(series).where(series.c.pk == bindparam("b_pk")).values(
                 num_instances=series.c.num_instances + bindparam("b_n")), series_n)
@@ -335,7 +352,7 @@ class IndexWriter:
         changed = touched if d.series_removed_from else {pk for pk in touched if d.study_series.get(pk)}
         modalities = self._modalities(conn, changed)
         plain, recomputed = [], []
-        for pk in touched:
+        for pk in sorted(touched):
             row = {"b_pk": pk, "b_instances": d.study_instances.get(pk, 0),
                    "b_series": d.study_series.get(pk, 0), "b_size": d.study_size.get(pk, 0)}
             if pk in changed:

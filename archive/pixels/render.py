@@ -409,15 +409,25 @@ def render_frames(fobj: BinaryIO, transfer_syntax: str, indices: list[int],
         yield encode(to_image(arr, ds, index, params), params)
 
 
+def _render_first(fobj: BinaryIO, transfer_syntax: str, index: int, params: RenderParams) -> bytes | None:
+    frames = render_frames(fobj, transfer_syntax, [index], params)
+    try:
+        return next(frames, None)
+    finally:
+        frames.close()
+
+
 def render_file_frame(path: str, transfer_syntax: str, index: int, params: RenderParams) -> bytes | None:
     """One frame of the file at ``path``, rendered and encoded (None if the file has no such
     frame): the whole of one rendered request, as one call for a codec worker process."""
     with open(path, "rb") as fobj:
-        frames = render_frames(fobj, transfer_syntax, [index], params)
-        try:
-            return next(frames, None)
-        finally:
-            frames.close()
+        return _render_first(fobj, transfer_syntax, index, params)
+
+
+def render_bytes_frame(data: bytes, transfer_syntax: str, index: int, params: RenderParams) -> bytes | None:
+    """:func:`render_file_frame` for a blob without a local file (a remote store): the server
+    process read its bytes and hands them to the codec worker process."""
+    return _render_first(io.BytesIO(data), transfer_syntax, index, params)
 
 
 def render_animation(fobj: BinaryIO, transfer_syntax: str, indices: list[int],

@@ -9,14 +9,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from archive.index.db import sqlstate
 from archive.index.reader import StoredInstance
 from archive.query.attributes import Level
 from archive.query.model import Query
 from archive.query.results import extra_attributes, to_json
-from archive.query.sql import build_select
+from archive.query.sql import build_page_select, build_select
 
 
 @dataclass
@@ -35,9 +36,15 @@ async def deadline(conn: AsyncConnection, timeout: float) -> AsyncIterator[None]
 
     On SQLite the running statement is interrupted (sqlite3_interrupt, safe from the event
     loop's thread while aiosqlite's thread runs it), so a runaway query stops instead of holding
-    a connection and a thread; other drivers are cancelled a little later."""
+    a connection and a thread. On PostgreSQL the server cancels each statement of the block that
+    runs longer (statement_timeout, set for this transaction only); other drivers are cancelled a
+    little later."""
     if not timeout:
         yield
+        return
+    if conn.dialect.name == "postgresql":
+        async with _statement_timeout(conn, timeout):
+            yield
         return
     fired = False
     interrupt = getattr((await conn.get_raw_connection()).driver_connection, "interrupt", None)
@@ -60,12 +67,27 @@ async def deadline(conn: AsyncConnection, timeout: float) -> AsyncIterator[None]
         timer.cancel()
 
 
+@asynccontextmanager
+async def _statement_timeout(conn: AsyncConnection, timeout: float) -> AsyncIterator[None]:
+    await conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, round(timeout * 1000))}")
+    try:
+        async with asyncio.timeout(timeout * 2 + 1):  # the block's statements together
+            yield
+    except DBAPIError as exc:
+        if sqlstate(exc) == "57014":  # query_canceled: the statement ran past statement_timeout
+            raise QueryTimeout(f"the query ran longer than {timeout:g} s") from exc
+        raise
+    except TimeoutError as exc:
+        raise QueryTimeout(f"the query ran longer than {timeout:g} s") from exc
+
+
 async def search(engine: AsyncEngine, query: Query, limit: int, base: str,
                  timeout: float = 0) -> SearchResult:
     """Up to ``limit`` matches of ``query`` (from ``query.offset``) as DICOM JSON, within
     ``timeout`` seconds (0: none; see :func:`deadline`)."""
     async with engine.connect() as conn, deadline(conn, timeout):
-        rows = (await conn.execute(build_select(query, limit + 1))).all()
+        paged = build_page_select(query, limit + 1)
+        rows = (await conn.execute(paged if paged is not None else build_select(query, limit + 1))).all()
         more = len(rows) > limit
         rows = rows[:limit]
         extra = await extra_attributes(conn, query, rows)

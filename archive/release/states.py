@@ -29,6 +29,8 @@ def set_state(conn: Connection, patient_id: str, state: str, actor: str, rule: s
     when None) and log each change. Raises ReleaseError for an unknown state or patient."""
     if state not in STATES:
         raise ReleaseError(f"state must be one of {', '.join(STATES)}")
+    # No stored value holds NUL (PostgreSQL text cannot): such an id names no patient.
+    patient_id, reason = patient_id.replace("\x00", ""), reason.replace("\x00", "")
     stmt = select(patients.c.pk, patients.c.patient_id, patients.c.issuer_of_patient_id,
                   patients.c.release_state).where(patients.c.patient_id == patient_id)
     if issuer is not None:
