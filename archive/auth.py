@@ -16,15 +16,19 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jwt
 from aiohttp import web
 
 from archive.config import AeRoleConfig, Config, JwtConfig, TokenConfig
 
+_JWKS_REFRESH = 60.0  # seconds between fetches of the key set for an unknown key id
 log = logging.getLogger("archive.auth")
 
 ANONYMOUS, CONTRIBUTOR, EVALUATOR, ADMIN = "anonymous", "contributor", "evaluator", "admin"
@@ -93,16 +97,38 @@ class JwtVerifier:
         self._keys = None
         if jwks_path:
             self._keys = jwt.PyJWKSet.from_json(Path(jwks_path).read_text(encoding="utf-8"))
-        self._client = jwt.PyJWKClient(cfg.jwks_url, cache_keys=True) if cfg.jwks_url else None
+        # A short timeout: the fetch holds a thread of the server's pool while it waits.
+        self._client = (jwt.PyJWKClient(cfg.jwks_url, cache_jwk_set=True, lifespan=300, timeout=5)
+                        if cfg.jwks_url else None)
+        self._refreshed = -_JWKS_REFRESH
+        self._refresh_lock = threading.Lock()
+
+    def _url_key(self, kid: str | None) -> Any:
+        """The provider's key ``kid`` from the cached key set; an unknown kid fetches the set
+        again, but at most once per _JWKS_REFRESH seconds whatever callers send (else any
+        anonymous request carrying a made-up kid would make the server fetch the set)."""
+        assert self._client is not None
+        keys = self._client.get_signing_keys()
+        found = next((k.key for k in keys if kid is None or k.key_id == kid), None)
+        if found is None:
+            with self._refresh_lock:
+                if time.monotonic() - self._refreshed < _JWKS_REFRESH:
+                    raise jwt.PyJWKClientError(f"unknown key id {kid!r}")
+                self._refreshed = time.monotonic()
+            keys = self._client.get_signing_keys(refresh=True)
+            found = next((k.key for k in keys if kid is None or k.key_id == kid), None)
+        if found is None:
+            raise jwt.PyJWKClientError(f"unknown key id {kid!r}")
+        return found
 
     def principal(self, token: str) -> Principal | None:
         """Blocking when keys are fetched from a URL: call it in a thread."""
         try:
+            kid = jwt.get_unverified_header(token).get("kid")
             if self._client is not None:
-                key = self._client.get_signing_key_from_jwt(token).key
+                key = self._url_key(kid)
             else:
                 assert self._keys is not None
-                kid = jwt.get_unverified_header(token).get("kid")
                 key = next(k.key for k in self._keys.keys if kid is None or k.key_id == kid)
             claims = jwt.decode(token, key, algorithms=self.cfg.algorithms, audience=self.cfg.audience,
                                 issuer=self.cfg.issuer, options={"require": ["exp", "iss", "aud"]})
@@ -112,7 +138,8 @@ class JwtVerifier:
         named = claims
         for part in self.cfg.roles_claim.split("."):
             named = named.get(part) if isinstance(named, dict) else None
-        roles = {named} if isinstance(named, str) else set(named) if isinstance(named, list) else set()
+        roles = ({named} if isinstance(named, str)
+                 else {r for r in named if isinstance(r, str)} if isinstance(named, list) else set())
         role = next((r for r in (ADMIN, EVALUATOR, CONTRIBUTOR) if r in roles), ANONYMOUS)
         return Principal(str(claims.get("sub", "jwt")), role)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import json
 import logging
 import signal
 import socket
@@ -174,7 +175,9 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _token_new(args: argparse.Namespace) -> int:
     token = new_token()
     print(f"token (shown once, give it to {args.name}): {token}", file=sys.stderr)
-    print(f'[[auth.tokens]]\nname = "{args.name}"\nrole = "{args.role}"\nsha256 = "{token_hash(token)}"')
+    # json.dumps gives a valid TOML basic string whatever the name holds (quotes, backslashes).
+    print(f'[[auth.tokens]]\nname = {json.dumps(args.name)}\nrole = "{args.role}"\n'
+          f'sha256 = "{token_hash(token)}"')
     return 0
 
 

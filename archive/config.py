@@ -13,6 +13,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from archive.release.sequester import SequesterConfig
+
 DUPLICATE_POLICIES = ("reject", "overwrite")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Access roles (archive.auth), from least to most.
@@ -514,12 +516,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError('[release] initial_state must be "open" or "pending"')
     if not 0 < cfg.release.fraction < 1:
         raise ConfigError("[release] fraction must be between 0 and 1")
-    unknown = set(cfg.release.strata) - {"covid", "age_band", "race", "sex", "ethnicity"}
-    if unknown:
-        raise ConfigError(f"[release] strata: unknown {', '.join(sorted(unknown))}")
-    if cfg.release.min_stratum < 1 or cfg.release.min_cell_count < 1:
-        raise ConfigError("[release] min_stratum and min_cell_count must be at least 1 "
-                          "(min_cell_count = 1 suppresses nothing)")
+    try:  # the rule's own checks (strata known and not repeated, min_stratum), not a copy
+        SequesterConfig(fraction=cfg.release.fraction, strata=tuple(cfg.release.strata),
+                        min_stratum=cfg.release.min_stratum)
+    except ValueError as exc:
+        raise ConfigError(f"[release] {exc}") from None
+    if cfg.release.min_cell_count < 1:
+        raise ConfigError("[release] min_cell_count must be at least 1 (1 suppresses nothing)")
     if not 0 <= cfg.harmonize.threshold <= 1:
         raise ConfigError("[harmonize] threshold must be between 0 and 1")
     if cfg.harmonize.override_file and not cfg.resolve(cfg.harmonize.override_file).is_file():

@@ -22,7 +22,7 @@ from archive.cohorts.cli import write_manifest
 from archive.cohorts.query import study_pks
 from archive.dicom.uids import is_valid_uid
 from archive.index.reader import StoredInstance
-from storage.base import BlobStore
+from storage.base import BlobStore, StorageError
 
 MANIFEST = "manifest.json"
 _JOBS = 4
@@ -76,7 +76,7 @@ async def export_cohort(archive: Archive, cohort_id: str, out: Path, base_url: s
         while (inst := await queue.get()) is not None:
             try:
                 copied = await asyncio.to_thread(_copy, archive.store, inst, instance_path(out, inst))
-            except (OSError, ExportError):
+            except (OSError, StorageError, ExportError):  # a missing or unreadable object
                 result.failed.append(inst.sop_uid)
                 continue
             result.instances += 1

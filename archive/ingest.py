@@ -179,6 +179,16 @@ def instance_record(parsed: ParsedInstance, meta_json: bytes, size: int, key: st
         description=deid.original_study_description if deid is not None else None)
 
 
+async def read_journal(store: BlobStore, key: str) -> list[tuple[str, str]]:
+    """The (SOP Instance UID, storage key) entries of a batch journal (see Ingest._write_intent);
+    none when it is cut short or malformed."""
+    data = b"".join([chunk async for chunk in store.open_range(key)])
+    try:
+        return [(str(sop), str(k)) for sop, k in json.loads(data)]
+    except (ValueError, TypeError):
+        return []
+
+
 class Ingest:
     """The pipeline: :meth:`receive` (stream to a staged blob), :meth:`finish` (parse and
     validate, in an executor), :meth:`commit` (make a batch durable, then index it).
@@ -411,11 +421,8 @@ class Ingest:
         for key in await self.store.list(JOURNAL):
             if owner_alive(key.rsplit("/", 1)[-1]):
                 continue  # a batch another server process is committing now (serve --workers)
-            data = b"".join([chunk async for chunk in self.store.open_range(key)])
-            try:
-                entries = [(str(sop), str(k)) for sop, k in json.loads(data)]
-            except (ValueError, TypeError):
-                entries = []  # a journal cut short by the crash: its blobs were not linked yet
+            # A journal cut short by the crash reads as empty: its blobs were not linked yet.
+            entries = await read_journal(self.store, key)
             indexed = await self.writer.stored_keys([sop for sop, _ in entries])
             for sop, blob_key in entries:
                 if blob_key not in indexed and await self.store.exists(blob_key):

@@ -31,7 +31,6 @@ again before it is reported (batches being committed are in live journals; see a
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -49,8 +48,8 @@ from archive.bulk.resources import Archive
 from archive.dicom.part10 import InvalidInstance, parse_and_encode, parse_instance
 from archive.index.schema import instances, series, studies
 from archive.index.writer import Outcome
-from archive.ingest import JOURNAL, instance_record
-from storage.base import BlobStore, owner_alive
+from archive.ingest import JOURNAL, instance_record, read_journal
+from storage.base import BlobStore, StorageError, owner_alive
 
 log = logging.getLogger("archive.verify")
 
@@ -141,9 +140,8 @@ async def _in_flight(store: BlobStore) -> set[str]:
         if not owner_alive(journal.rsplit("/", 1)[-1]):
             continue  # a dead process's: the next start removes its blobs
         try:
-            data = b"".join([chunk async for chunk in store.open_range(journal)])
-            keys.update(str(k) for _, k in json.loads(data))
-        except (OSError, ValueError, TypeError):  # committed and removed meanwhile, or cut short
+            keys.update(k for _, k in await read_journal(store, journal))
+        except (OSError, StorageError):  # committed and removed meanwhile
             continue
     return keys
 
@@ -178,7 +176,7 @@ def _check_content(store: BlobStore, row: _Row) -> str | None:
         return None  # removed meanwhile: the recheck decides
     except InvalidInstance as exc:
         return f"does not parse: {exc}"
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
         return f"cannot be read: {exc}"
     if parsed.sop_instance_uid != row.sop_uid:
         return f"holds another instance ({parsed.sop_instance_uid})"
@@ -249,7 +247,7 @@ class Verifier:
                 size = await self.store.size(row.storage_key)
             except FileNotFoundError:  # a backend's "no such blob" is one too (storage.s3)
                 size = -1
-            except OSError as exc:
+            except (OSError, StorageError) as exc:
                 return CORRUPT, f"cannot be read: {exc}"
         if size == -1:
             return MISSING, "no file in storage"

@@ -122,6 +122,18 @@ class BlobStore(Protocol):
     async def delete(self, key: str) -> None: ...
 
 
+def read_exactly(src: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``src`` by ``readinto`` until it is full or ``src`` ends; bytes read
+    (fewer than ``len(view)``: the source was short)."""
+    pos = 0
+    while pos < len(view):
+        n = src.readinto(view[pos:])
+        if not n:
+            break
+        pos += n
+    return pos
+
+
 # This host, in the names of files other hosts may see (journals in a shared bucket): a process
 # id means something only on the host that has it.
 HOST_TAG = "h" + hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]

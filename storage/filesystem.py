@@ -21,7 +21,7 @@ from typing import BinaryIO, TypeVar
 
 import aiofiles
 
-from storage.base import StorageError, StorageFullError, check_key, owner_alive
+from storage.base import StorageError, StorageFullError, check_key, owner_alive, read_exactly
 
 log = logging.getLogger("storage.filesystem")
 T = TypeVar("T")
@@ -274,12 +274,8 @@ class FilesystemStore:
     def _read_into(self, items: list[tuple[str, memoryview]]) -> None:
         for key, view in items:
             with open(self.path(key), "rb", buffering=0) as f:
-                pos = 0
-                while pos < len(view):
-                    n = f.readinto(view[pos:])
-                    if not n:
-                        raise OSError(f"blob {key} is shorter than expected")
-                    pos += n
+                if read_exactly(f, view) < len(view):
+                    raise OSError(f"blob {key} is shorter than expected")
                 if f.read(1):
                     raise OSError(f"blob {key} is longer than expected")
 

@@ -44,7 +44,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from storage.base import StorageError, StorageFullError, check_key, owner_alive
+from storage.base import StorageError, StorageFullError, check_key, owner_alive, read_exactly
 from storage.filesystem import FilesystemStore, _FileWriter
 
 log = logging.getLogger("storage.s3")
@@ -411,12 +411,8 @@ class S3Store:
     @staticmethod
     def _fill(name: str, body: Any, view: memoryview) -> None:
         with _errors(f"read of {name}"), contextlib.closing(body):
-            pos = 0
-            while pos < len(view):
-                n = body.readinto(view[pos:])
-                if not n:
-                    raise StorageError(f"object {name} is shorter than expected")
-                pos += n
+            if read_exactly(body, view) < len(view):
+                raise StorageError(f"object {name} is shorter than expected")
 
     def _get_into(self, name: str, start: int, view: memoryview) -> None:
         """Exactly ``len(view)`` bytes from ``start`` into ``view``."""

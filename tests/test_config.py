@@ -133,6 +133,8 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path,
     ("[log]\nlevel = \"verbose\"\n", "level"),
     ("[log]\nformat = \"xml\"\n", "format"),
     ("[release]\nmin_cell_count = 0\n", "min_cell_count"),
+    ("[release]\nstrata = [\"race\", \"race\"]\n", "strata"),
+    ("[release]\nstrata = [\"height\"]\n", "strata"),
     ("http = 5\n", "http"),
 ])
 def test_bad_settings_name_the_key(tmp_path: Path, text: str, named: str) -> None:

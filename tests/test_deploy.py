@@ -21,6 +21,8 @@ def test_the_example_configuration_is_a_scale_out_one() -> None:
     assert cfg.http.workers > 1 and cfg.http.host == "0.0.0.0"
     assert cfg.auth.tokens  # a server on a network address needs them (no single-user mode)
     assert cfg.log.format == "json"
+    if cfg.dimse.enabled:  # a PACS must be able to store: some calling AE has a role that may
+        assert any(ae.role in ("contributor", "admin") for ae in cfg.dimse.ae)
 
 
 def _exec_start(unit: str) -> list[str]:

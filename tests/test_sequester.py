@@ -479,3 +479,25 @@ def test_balance_report_and_its_text(pop: list[PatientRecord]) -> None:
     everyone_open = balance_report(pop, {p.patient_id: OPEN for p in pop})
     assert all(math.isnan(b.js_distance) for b in everyone_open)
     assert "undefined" in format_report(everyone_open)
+
+
+def test_assignment_never_moves_another_issuers_patient_of_the_same_id() -> None:
+    """The same PatientID under two issuers is two patients: placing the new, pending one must
+    not carry the state over to the other, already sequestered (its images would go public)."""
+    import sqlalchemy
+    from sqlalchemy import insert, select
+
+    from archive.config import ReleaseConfig
+    from archive.index.schema import metadata, patients
+    from archive.release.assign import assign_pending_on_ingest
+
+    engine = sqlalchemy.create_engine("sqlite://")
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(patients), [
+            {"patient_id": "123", "issuer_of_patient_id": "A", "release_state": SEQUESTERED},
+            {"patient_id": "123", "issuer_of_patient_id": "B", "release_state": "pending"}])
+        cfg = ReleaseConfig(assign_on_ingest=True, fraction=0.01)  # the new one goes open
+        assert assign_pending_on_ingest(conn, cfg, ["123"]) == 1
+        states = dict(conn.execute(select(patients.c.issuer_of_patient_id, patients.c.release_state)).all())
+    assert states == {"A": SEQUESTERED, "B": OPEN}

@@ -123,8 +123,12 @@ async def _send_blob(request: web.Request, response: web.StreamResponse, store: 
     """One stored file into the response: sendfile(2) when the store gave a local file, else a
     chunked copy. Either way nothing of it is held in memory."""
     if fobj is None:
+        copied = 0
         async for chunk in store.open_range(inst.storage_key):
+            copied += len(chunk)
             await response.write(chunk)
+        if copied != inst.size:  # as for sendfile below: the connection is cut, not a short part
+            raise OSError(f"stored object of {inst.sop_uid} has {copied} bytes, {inst.size} indexed")
         return
     transport = request.transport
     if transport is None:

@@ -49,7 +49,8 @@ def run_sequester(conn: Connection, cfg: ReleaseConfig, seed: int, actor: str,
     if not dry_run:
         for decision in assignment.decisions.values():
             set_state(conn, decision.patient_id, decision.state, actor, assignment.rule,
-                      f"{decision.reason} ({decision.site or 'no site'}, {decision.modality})")
+                      f"{decision.reason} ({decision.site or 'no site'}, {decision.modality})",
+                      only_from=PENDING)
     return assignment, people
 
 
@@ -66,7 +67,7 @@ def assign_pending_on_ingest(conn: Connection, cfg: ReleaseConfig, patient_ids: 
         if p.patient_id not in wanted or p.state is not None:
             continue
         state, reason = assign_new(p, current, sc, cfg.seed)
-        set_state(conn, p.patient_id, state, "ingest", sc.rule(cfg.seed), reason)
+        set_state(conn, p.patient_id, state, "ingest", sc.rule(cfg.seed), reason, only_from=PENDING)
         current[i] = PatientRecord(p.patient_id, p.site, p.modalities, p.covid, p.age, p.age_gt89,
                                    p.race, p.sex, p.ethnicity, state)
         done += 1

@@ -24,9 +24,12 @@ class Change:
 
 
 def set_state(conn: Connection, patient_id: str, state: str, actor: str, rule: str = "manual",
-              reason: str = "", issuer: str | None = None) -> list[Change]:
+              reason: str = "", issuer: str | None = None, only_from: str | None = None) -> list[Change]:
     """Set the release state of the patient(s) with ``patient_id`` (of ``issuer``, or any issuer
-    when None) and log each change. Raises ReleaseError for an unknown state or patient."""
+    when None) and log each change. ``only_from``: change only the rows now in that state (the
+    assignment rule places pending patients, never another issuer's patient of the same
+    PatientID that is already open or sequestered). Raises ReleaseError for an unknown state or
+    patient."""
     if state not in STATES:
         raise ReleaseError(f"state must be one of {', '.join(STATES)}")
     # No stored value holds NUL (PostgreSQL text cannot): such an id names no patient.
@@ -40,7 +43,7 @@ def set_state(conn: Connection, patient_id: str, state: str, actor: str, rule: s
         raise ReleaseError(f"no patient {patient_id!r} is stored")
     changes: list[Change] = []
     for row in rows:
-        if row.release_state == state:
+        if row.release_state == state or (only_from is not None and row.release_state != only_from):
             continue
         conn.execute(update(patients).where(patients.c.pk == row.pk).values(release_state=state))
         conn.execute(insert(release_log).values(
