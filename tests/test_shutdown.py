@@ -35,6 +35,10 @@ def refused(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # The listener closed with our SYN still in its backlog: it is going away, but ask again
+        # until the port refuses outright.
+        return False
 
 
 def wait_refused(*ports: int, within: float = 5.0) -> float:
