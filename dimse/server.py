@@ -7,6 +7,7 @@ request to the archive's event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import hashlib
@@ -220,6 +221,17 @@ def build_ae(cfg: DimseConfig, policy: AccessPolicy) -> AE:
     return ae
 
 
+def _drop_unassociated(assoc: Any) -> None:
+    """Close a connection on which no association was established. A-ABORT is not a valid
+    event before an A-ASSOCIATE-RQ (pynetdicom raises), so the transport is closed (PS3.8
+    9.2, Evt17) and the DUL stopped; the association thread, a daemon waiting for an
+    A-ASSOCIATE-RQ, ends at its ACSE timeout and is not waited for."""
+    with contextlib.suppress(Exception):
+        assoc.dul.socket.close()
+    with contextlib.suppress(Exception):
+        assoc.kill()
+
+
 class DimseServer:
     def __init__(self, cfg: DimseConfig, ingest: Ingest, engine: AsyncEngine, retriever: Retriever,
                  auth: Authenticator, receive_dir: Path | None = None, find_timeout: float = 0) -> None:
@@ -268,14 +280,23 @@ class DimseServer:
                 server.shutdown()
                 self._accepting_stopped = True
         deadline = time.monotonic() + timeout
-        while (active := server.active_associations) and time.monotonic() < deadline:
+        # Only established associations can have work in flight. A connection that never sent
+        # its A-ASSOCIATE-RQ (a port probe, a stalled peer) would otherwise hold the shutdown
+        # for pynetdicom's ACSE timeout or ours, whichever ends first.
+        while (any(a.is_established for a in server.active_associations)
+               and time.monotonic() < deadline):
             time.sleep(0.05)
-        if active:
+        active = server.active_associations
+        established = [a for a in active if a.is_established]
+        if established:
             log.warning("shutdown: aborting %d DIMSE association(s) still open after %g s",
-                        len(active), timeout)
-            for assoc in active:
-                assoc.abort()
+                        len(established), timeout)
+        for assoc in established:
+            assoc.abort()
         for assoc in active:
+            if assoc not in established:
+                _drop_unassociated(assoc)
+        for assoc in established:
             assoc.join(5)
         self._server = None
         if self.receive_dir is not None:  # a clean stop leaves no empty folder behind either

@@ -167,3 +167,27 @@ def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path) -> None:
         assert [p for p in (files / "data").rglob("*") if p.is_file()] == []
     finally:
         again.stop()
+
+
+def test_a_connection_that_never_associates_does_not_hold_the_shutdown(tmp_path: Path) -> None:
+    """A TCP connection to the DIMSE port that never sends an A-ASSOCIATE-RQ (a port probe that
+    stays open, or one that has just closed) has no work in flight: SIGTERM does not wait the
+    ``shutdown_timeout`` (30 s by default) for it."""
+    server = start(tmp_path)
+    proc = server.proc
+    assert proc is not None
+    try:
+        with socket.create_connection(("127.0.0.1", server.dimse_port), timeout=5):
+            pass  # a probe that connects and closes
+        probe = socket.create_connection(("127.0.0.1", server.dimse_port), timeout=5)
+        time.sleep(0.3)  # both connections are in pynetdicom's hands
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert time.monotonic() - t0 < 8
+        probe.close()
+    finally:
+        server.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log, log
+    assert "aborting" not in log  # nothing established was cut
