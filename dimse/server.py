@@ -39,13 +39,14 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archive.auth import Authenticator
 from archive.config import DimseConfig
 from archive.ingest import Ingest
 from archive.retrieve import Retriever
+from dimse import reactor
 from dimse.handlers import ArchiveHandlers, Bridge
 from dimse.policy import AccessPolicy
 
@@ -108,6 +109,15 @@ def _nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass
+
+
+class _Handler(RequestHandler):
+    """pynetdicom's request handler, giving each accepted association event-driven reactors."""
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        reactor.install(assoc)
+        return assoc
 
 
 class _Server(ThreadedAssociationServer):
@@ -262,7 +272,7 @@ class DimseServer:
             log.warning("DIMSE %s open to every calling AE title (set [dimse.allow] to restrict)",
                         ", ".join(open_services))
         server = ae.make_server((self.cfg.host, self.cfg.port), evt_handlers=handlers.handlers(),
-                                server_class=_Server)
+                                server_class=_Server, request_handler=_Handler)
         ae._servers.append(server)  # as AE.start_server does: shutdown() removes it there
         threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True).start()
         self._server = server
