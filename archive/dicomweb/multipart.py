@@ -125,6 +125,14 @@ class MultipartReader:
         self._state = "body"
         return headers
 
+    def _take(self, n: int) -> bytes:
+        """The first ``n`` buffered bytes, removed from the buffer: one copy (``bytes(buf[:n])``
+        made two, the slice and the bytes)."""
+        with memoryview(self._buf) as view:
+            chunk = bytes(view[:n])
+        del self._buf[:n]  # cheap: a bytearray drops its head by moving its start
+        return chunk
+
     async def read_chunks(self) -> AsyncIterator[bytes]:
         """The current part's body, in chunks, up to (not including) the next delimiter."""
         if self._state != "body":
@@ -135,14 +143,13 @@ class MultipartReader:
             idx = self._buf.find(delim, start)
             if idx >= 0:
                 if idx:
-                    yield bytes(self._buf[:idx])
-                del self._buf[:idx + len(delim)]
+                    yield self._take(idx)
+                del self._buf[:len(delim)]
                 self._state = "delimiter"
                 return
             safe = len(self._buf) - len(delim) + 1  # bytes that cannot start a delimiter
             if safe >= self._chunk:
-                yield bytes(self._buf[:safe])
-                del self._buf[:safe]
+                yield self._take(safe)
                 safe = 0
             start = max(0, safe)
             if not await self._fill():
