@@ -3,6 +3,7 @@
     python bench/versus.py --quick          # small sizes, < 3 min
     python bench/versus.py                  # full: 10k and 100k instances, ~2 GB of CT per server
     python bench/versus.py --json bench/out/versus.json
+    python bench/versus.py --archive-workers 2   # imaging-archive with [http] workers = 2
 
 Orthanc is Debian's (packages ``orthanc``, ``orthanc-dicomweb``, ``orthanc-gdcm``), installed with
 apt-get when ``/usr/sbin/Orthanc`` is missing (``servers.ensure_orthanc``). Both servers run side by
@@ -115,6 +116,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--orthanc-port", type=int, default=18382, help="Orthanc HTTP port (18382)")
     p.add_argument("--orthanc-dicom-port", type=int, default=18383, help="Orthanc DICOM port (18383)")
     p.add_argument("--file-port", type=int, default=18381, help="plain file server port (18381)")
+    p.add_argument("--archive-workers", type=int, default=1,
+                   help="imaging-archive HTTP worker processes, [http] workers (1: the default "
+                        "configuration; 2 uses both cores as Orthanc's threads do)")
     p.add_argument("--json", type=Path, help="also write every figure as JSON")
     p.add_argument("--keep-data", action="store_true", help="keep both servers' data after the run")
     return p.parse_args(argv)
@@ -270,7 +274,7 @@ class Versus:
             print(f"  note: {note}")
         self.targets = [
             servers.Archive(self.run_dir / "archive", a.port, dimse_port=a.dimse_port, store_aets=(SCU_AE,),
-                            max_results=100_000),
+                            max_results=100_000, workers=a.archive_workers),
             servers.Orthanc(self.run_dir, a.orthanc_port, a.orthanc_dicom_port, scu_aets=(SCU_AE,))]
         for t in self.targets:
             started = time.perf_counter()
@@ -282,6 +286,7 @@ class Versus:
                   f"DICOM {t.ae_title}@127.0.0.1:{t.dicom_port} (pid {t.proc.pid})")
         versions = servers.orthanc_versions(self.targets[1].rest)  # type: ignore[attr-defined]
         self.notes.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+        self.notes.append(f"imaging-archive HTTP worker processes: {a.archive_workers}")
         print(f"  {self.notes[-1]}; storescu: {dcmtk.version('storescu')}")
 
     def stow_ct(self) -> None:
