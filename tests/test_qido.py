@@ -24,6 +24,10 @@ from pydicom.uid import (
 )
 
 from archive.app import create_app
+from archive.auth import ALL
+from archive.keys import ENGINE
+from archive.query.cfind import STUDY_ROOT, parse_identifier, to_identifier
+from archive.query.run import search as run_search
 from tests.conftest import make_config, multipart
 
 # Searches do not change the archive: one stored population (one event loop) serves the module.
@@ -87,6 +91,10 @@ _SPEC: list[tuple[str, Patient, str, str, str, str, str, list[tuple[str, int]]]]
     ("S7", SMITH, "", "", "", "", "", [("MR", 1)]),  # no date, time, description or accession
 ]
 
+# A ProcedureCodeSequence item the sender put in a study's files (served after the harmonized one).
+SITE_CODE = ("CTHEADWO", "99SITE", "CT head without contrast")
+_SITE_CODES = {"S2": SITE_CODE}
+
 _SOP_CLASS = {"CT": CTImageStorage, "MR": MRImageStorage, "CR": ComputedRadiographyImageStorage}
 _MANUFACTURER = {"CT": "ACME CT", "MR": "ACME MR", "CR": "Other Corp"}
 
@@ -134,6 +142,10 @@ def make_instance(inst: Instance) -> bytes:
     ds.StudyID = st.key
     ds.SeriesNumber = se.number
     ds.InstanceNumber = inst.number
+    if st.key in _SITE_CODES:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = _SITE_CODES[st.key]
+        ds.ProcedureCodeSequence = [item]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = 2
@@ -845,6 +857,86 @@ async def test_includefield_all(archive) -> None:
 async def test_includefield_unknown_attribute_is_refused(archive) -> None:
     text = await error(archive, "/studies", {"includefield": "NoSuchKeyword"})
     assert "NoSuchKeyword" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# The harmonized procedure code: a study attribute, requested at lower levels by includefield
+# ---------------------------------------------------------------------------------------------
+
+PROCEDURE_CODE_SEQUENCE = "00081032"
+
+
+def _schemes(elem: dict[str, Any] | None) -> list[str]:
+    return [first(item, "00080102") for item in (elem or {}).get("Value", [])]
+
+
+async def _study_procedures(client: Any) -> dict[str, dict[str, Any] | None]:
+    """Each study's ProcedureCodeSequence as the study-level search serves it (None: absent)."""
+    return {first(r, "0020000D"): r.get(PROCEDURE_CODE_SEQUENCE) for r in await search(client, "/studies")}
+
+
+async def test_study_results_carry_the_harmonized_code(archive) -> None:
+    """The reference the lower levels are compared with: some studies harmonized, some not, and
+    the sender's own item kept after the harmonized one."""
+    procedures = await _study_procedures(archive)
+    assert any(_schemes(e)[:1] == ["LN"] for e in procedures.values())
+    assert any(e is None for e in procedures.values())  # unmapped, and no code sent
+    s2 = procedures[STUDY["S2"].uid]
+    assert _schemes(s2) == ["LN", SITE_CODE[1]]
+    assert first(s2["Value"][1], "00080100") == SITE_CODE[0]
+
+
+@pytest.mark.parametrize("field", ["00081032", "ProcedureCodeSequence", "all",
+                                   "Manufacturer,00081032"])
+@pytest.mark.parametrize("path,total", [("/studies", len(STUDIES)), ("/series", len(SERIES)),
+                                        ("/instances", len(INSTANCES))])
+async def test_includefield_procedure_code_at_every_level(archive, path: str, total: int,
+                                                         field: str) -> None:
+    """PS3.18 §10.6.3: a series or instance match returns the study attributes includefield asks
+    for; the harmonized code is the study's, in the same sequence as the study result (which
+    includefield leaves as it is: served from the index, not from a stored instance)."""
+    procedures = await _study_procedures(archive)
+    found = await search(archive, path, {"includefield": field})
+    assert len(found) == total
+    for r in found:
+        assert r.get(PROCEDURE_CODE_SEQUENCE) == procedures[first(r, "0020000D")], first(r, "0020000D")
+    assert any(_schemes(r.get(PROCEDURE_CODE_SEQUENCE))[:1] == ["LN"] for r in found)
+
+
+async def test_includefield_procedure_code_on_a_study_path(archive) -> None:
+    s2 = STUDY["S2"]
+    expected = (await _study_procedures(archive))[s2.uid]
+    for path in (f"/studies/{s2.uid}/series", f"/studies/{s2.uid}/instances"):
+        found = await search(archive, path, {"includefield": "ProcedureCodeSequence"})
+        assert found and all(r[PROCEDURE_CODE_SEQUENCE] == expected for r in found)
+
+
+async def test_procedure_code_below_the_study_only_when_asked(archive) -> None:
+    """Study results always carry it (test_study_results_carry_the_harmonized_code); series and
+    instance results, whose defaults (PS3.18 Tables 10.6.3-4, -5) do not name it, only on request."""
+    for path in ("/series", "/instances"):
+        for params in ({}, {"includefield": "Manufacturer"}):
+            found = await search(archive, path, params)
+            assert found and all(PROCEDURE_CODE_SEQUENCE not in r for r in found)
+
+
+@pytest.mark.parametrize("level", ["SERIES", "IMAGE"])
+async def test_cfind_procedure_code_return_key_below_the_study(archive, level: str) -> None:
+    """C-FIND shares the query model and result path: a ProcedureCodeSequence return key at the
+    series or image level (Study Root, PS3.4 C.6.2) gets the study's sequence."""
+    s2 = STUDY["S2"]
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = level
+    identifier.StudyInstanceUID = s2.uid
+    identifier.ProcedureCodeSequence = []
+    req = parse_identifier(identifier, STUDY_ROOT)
+    req.query.visible = ALL
+    found = await run_search(archive.app[ENGINE], req.query, 100, "")
+    assert len(found.docs) == (len(series_of(s2)) if level == "SERIES" else len(instances_of_study(s2)))
+    for doc in found.docs:
+        seq = to_identifier(doc, req, "ARCHIVE").ProcedureCodeSequence
+        assert [i.CodingSchemeDesignator for i in seq] == ["LN", SITE_CODE[1]]
+        assert (seq[1].CodeValue, seq[1].CodeMeaning) == (SITE_CODE[0], SITE_CODE[2])
 
 
 # ---------------------------------------------------------------------------------------------

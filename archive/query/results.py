@@ -70,7 +70,18 @@ def return_attributes(query: Query) -> list[Attribute]:
             if a.keyword == "NumberOfSeriesRelatedInstances" and query.level != Level.SERIES:
                 continue
             wanted[a.tag] = a
+    if _returns_procedure_code(query):
+        wanted[PROCEDURE_CODE.tag] = PROCEDURE_CODE
     return sorted(wanted.values(), key=lambda a: a.tag)
+
+
+def _returns_procedure_code(query: Query) -> bool:
+    """The study's ProcedureCodeSequence is in every study result, and in series and instance
+    results when includefield asks for it: study attributes may be included at lower levels
+    (PS3.18 §10.6.3, Tables 10.6.3-4 and -5). A match on it returns it too (above)."""
+    if query.level < Level.STUDY:
+        return False
+    return query.level == Level.STUDY or query.include_all or PROCEDURE_CODE.tag in query.includes
 
 
 def _value(row: Any, attr: Attribute) -> Any:
@@ -93,6 +104,7 @@ def to_json(rows: Sequence[Any], query: Query, base: str,
     attrs = return_attributes(query)
     out: list[dict[str, Any]] = []
     pk_name = f"{TABLES[query.level].name}__pk"
+    with_procedures = any(a is PROCEDURE_CODE for a in attrs)
     for row in rows:
         obj: dict[str, Any] = {}
         for a in attrs:
@@ -101,7 +113,7 @@ def to_json(rows: Sequence[Any], query: Query, base: str,
             if a is PROCEDURE_CODE:
                 continue  # the sequence, below
             obj[a.tag_hex] = element(a, _value(row, a))
-        if query.level == Level.STUDY or any(a is PROCEDURE_CODE for a in attrs):
+        if with_procedures:  # every result row has its study's columns (sql._result_rows)
             procedures = procedure_sequence(row)
             if procedures is not None:
                 obj[PROCEDURE_CODE.tag_hex] = procedures
@@ -121,6 +133,10 @@ def _stored_tags(query: Query) -> set[str]:
     from the stored JSON of the row's first instance."""
     out = set()
     for t in query.includes:
+        if t == PROCEDURE_CODE.tag:
+            # The study's, from the index (to_json): an instance's stored JSON holds only a
+            # placeholder for the harmonized item (archive.dicom.procedure).
+            continue
         attr = BY_TAG.get(t)
         if attr is None or (attr.level > query.level and not attr.computed):
             out.add(f"{t:08X}")
