@@ -26,6 +26,7 @@ from dicomweb_client import DICOMwebClient
 from pydicom import dcmread
 
 from archive.app import create_app
+from archive.auth import new_token, token_hash
 from archive.cohorts import cli as cohort_cli
 from archive.cohorts.filters import NAMES
 from archive.cohorts.query import AGE_GROUPS, FACETS
@@ -366,8 +367,9 @@ def combinations(data: DataSet) -> list[dict[str, Any]]:
     ]
 
 
-async def cohort(client: TestClient, filters: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    resp = await client.post(QUERY, json={"filters": filters, **extra})
+async def cohort(client: TestClient, filters: dict[str, Any], headers: dict[str, str] | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    resp = await client.post(QUERY, json={"filters": filters, **extra}, headers=headers)
     assert resp.status == 200, await resp.text()
     return await resp.json()
 
@@ -648,6 +650,113 @@ async def test_bad_manifest_format(client: TestClient) -> None:
     resp = await client.get(f"/api/cohorts/{cid}/manifest", params={"format": "xml"})
     assert resp.status == 400 and (await resp.json())["field"] == "format"
     assert (await client.delete(f"/api/cohorts/{cid}")).status == 204
+
+
+# ---------------------------------------------------------------- small cells
+
+MIN_CELL = 10  # [release] min_cell_count of the small-cell tests (the default)
+TOKENS = {role: new_token() for role in ("evaluator", "admin")}  # no token: a guest (anonymous)
+
+
+def as_role(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+async def commons_client(aiohttp_client, data: DataSet, minimum: int) -> TestClient:
+    """A server on the generated archive with guests, evaluators and admins, and
+    ``[release] min_cell_count = minimum``."""
+    tokens = [{"name": f"{role}-token", "role": role, "sha256": token_hash(t)} for role, t in TOKENS.items()]
+    return await aiohttp_client(create_app(make_config(data.root, auth={"tokens": tokens},
+                                                       release={"min_cell_count": minimum})))
+
+
+def small_filter(data: DataSet) -> dict[str, Any]:
+    """A filter that selects some studies, fewer than MIN_CELL of fewer than MIN_CELL patients."""
+    for s in sorted(data.studies.values(), key=lambda s: s.uid):
+        f = {"study_date": {"from": s.date, "to": s.date}}
+        if s.date and expected(data, f)[0]["studies"] < MIN_CELL:
+            return f
+    raise AssertionError("no small cell in the generated data")
+
+
+async def test_guest_cannot_count_a_small_cohort(aiohttp_client, data: DataSet) -> None:
+    """Below [release] min_cell_count a guest learns "<10" and nothing more: no study listed, the
+    more flag false at every offset, the manifest and zip refused (403); evaluators and admins
+    get the cohort whole."""
+    client = await commons_client(aiohttp_client, data, MIN_CELL)
+    f = small_filter(data)
+    counts, _, chosen = expected(data, f)
+    assert 0 < counts["patients"] <= counts["studies"] < MIN_CELL
+    hidden = f"<{MIN_CELL}"
+    for offset in range(counts["studies"] + 2):  # the more flag, probed at every offset, says nothing
+        for limit in (0, 1, N_STUDIES):
+            body = await cohort(client, f, limit=limit, offset=offset, facets=False)
+            assert body["counts"]["studies"] == body["counts"]["patients"] == hidden
+            where = (limit, offset)
+            assert body["studies"] == [] and body["more"] is False and body["withheld"] is True, where
+    resp = await client.post("/api/cohorts", json={"name": "one day", "filters": f})
+    assert resp.status == 201
+    cid = (await resp.json())["id"]
+    got = await (await client.get(f"/api/cohorts/{cid}")).json()
+    assert got["counts"]["studies"] == hidden and got["counts"]["bytes"] is None
+    for path in (f"/api/cohorts/{cid}/manifest?format=json", f"/api/cohorts/{cid}/manifest?format=csv",
+                 f"/api/cohorts/{cid}/zip"):
+        resp = await client.get(path)
+        assert resp.status == 403, path
+        problem = await resp.json()
+        assert problem["ok"] is False and "min_cell_count" in problem["error"], problem
+
+    for role in ("evaluator", "admin"):
+        body = await cohort(client, f, as_role(role), limit=N_STUDIES, facets=False)
+        assert body["counts"] == counts and body["withheld"] is False
+        assert [s["StudyInstanceUID"] for s in body["studies"]] == [s.uid for s in chosen]
+        assert (await cohort(client, f, as_role(role), limit=0, facets=False))["more"] is True
+        resp = await client.get(f"/api/cohorts/{cid}/manifest", headers=as_role(role))
+        assert resp.status == 200
+        totals = (await resp.json())["totals"]
+        assert (totals["studies"], totals["instances"]) == (counts["studies"], counts["instances"])
+        resp = await client.get(f"/api/cohorts/{cid}/zip", headers=as_role(role))
+        assert resp.status == 200
+        with zipfile.ZipFile(io.BytesIO(await resp.read())) as zf:
+            assert len(zf.namelist()) == counts["instances"]
+
+    # Only small cells are withheld: a guest pages through a large cohort and downloads it.
+    everything, _, _ = expected(data, {})
+    body = await cohort(client, {}, limit=37, offset=37, facets=False)
+    assert body["counts"]["studies"] == everything["studies"] >= MIN_CELL
+    assert len(body["studies"]) == 37 and body["more"] is True and body["withheld"] is False
+    resp = await client.post("/api/cohorts", json={"name": "everything", "filters": {}})
+    big = (await resp.json())["id"]
+    resp = await client.get(f"/api/cohorts/{big}/manifest")
+    assert resp.status == 200 and (await resp.json())["totals"]["studies"] == everything["studies"]
+    for saved in (cid, big):
+        assert (await client.delete(f"/api/cohorts/{saved}", headers=as_role("admin"))).status == 204
+
+
+async def test_guest_cannot_count_patients_from_the_list(aiohttp_client, data: DataSet) -> None:
+    """Enough studies but too few patients: the PatientIDs of a list would count the patients, so
+    a guest gets no list and no manifest; an evaluator gets both."""
+    counts, _, chosen = expected(data, {})
+    minimum = counts["patients"] + 1
+    assert counts["studies"] >= minimum  # studies are shown, patients are "<minimum"
+    client = await commons_client(aiohttp_client, data, minimum)
+    body = await cohort(client, {}, limit=N_STUDIES, facets=False)
+    assert body["counts"]["studies"] == counts["studies"] and body["counts"]["patients"] == f"<{minimum}"
+    assert body["studies"] == [] and body["more"] is False and body["withheld"] is True
+    resp = await client.post("/api/cohorts", json={"name": "everything", "filters": {}})
+    cid = (await resp.json())["id"]
+    for fmt in ("json", "csv"):
+        assert (await client.get(f"/api/cohorts/{cid}/manifest", params={"format": fmt})).status == 403
+
+    body = await cohort(client, {}, as_role("evaluator"), limit=N_STUDIES, facets=False)
+    assert body["counts"] == counts and body["withheld"] is False
+    assert len({s["PatientID"] for s in body["studies"]}) == counts["patients"] == len({s.patient_id
+                                                                                      for s in chosen})
+    resp = await client.get(f"/api/cohorts/{cid}/manifest", params={"format": "csv"},
+                            headers=as_role("evaluator"))
+    assert resp.status == 200
+    assert len({r["PatientID"] for r in csv.DictReader(io.StringIO(await resp.text()))}) == counts["patients"]
+    assert (await client.delete(f"/api/cohorts/{cid}", headers=as_role("admin"))).status == 204
 
 
 def test_docs_name_every_filter_and_facet() -> None:

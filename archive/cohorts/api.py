@@ -10,6 +10,14 @@
 - ``GET /api/cohorts/{id}/manifest?format=json|csv``: one row per series, streamed;
 - ``GET /api/cohorts/{id}/zip``: every instance of the cohort's studies, one streamed zip (the
   layout of the study download, archive/dicomweb/zipstream.py).
+
+Small cells (``[release] min_cell_count``, for every caller but evaluators and admins): a count of
+people or their images below the minimum is shown as "<N" (:func:`_public_counts`), and a cohort
+whose study or patient count is below it (but not 0) is never listed, since its rows would count
+it (their number, their PatientIDs, the ``more`` flag probed at each offset, the manifest's totals).
+The query then answers its suppressed counts and facets with no study, ``more`` false and
+``withheld`` true; the manifest and the zip, which are nothing but rows, are refused with 403.
+Evaluators and admins get everything.
 """
 
 from __future__ import annotations
@@ -23,11 +31,11 @@ from archive import keys
 from archive.auth import ADMIN, EVALUATOR, principal, require_admin, visibility
 from archive.cohorts import manifest, store
 from archive.cohorts.filters import FilterError, parse_filters
-from archive.cohorts.query import ALL_FACETS, cohort_counts, run_query, study_pks
+from archive.cohorts.query import ALL_FACETS, Members, cohort_counts, members, run_query
 from archive.dicomweb import zipstream
 from archive.dicomweb.media import base_url
 from archive.query.run import QueryTimeout
-from archive.release.sequester import suppress
+from archive.release.sequester import is_small_cell, suppress
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
@@ -103,7 +111,8 @@ async def query(request: web.Request) -> web.Response:
     timeout = request.app[keys.CONFIG].qido.timeout
     try:
         result = await run_query(request.app[keys.ENGINE], filters, base_url(request), limit=limit,
-                                 offset=offset, facets=facets, visible=visibility(request), timeout=timeout)
+                                 offset=offset, facets=facets, visible=visibility(request), timeout=timeout,
+                                 min_cell=suppression_minimum(request))
     except QueryTimeout:
         return _problem(503, f"the cohort query took longer than the server's limit of {timeout:g} s "
                              "([qido] timeout) and was stopped; add filters or ask without facets")
@@ -129,7 +138,7 @@ def _public_counts(request: web.Request, out: dict[str, Any]) -> dict[str, Any]:
     if minimum is None:
         return out
     counts = out.get("counts", {})
-    if counts and suppress(counts.get("studies", 0), minimum) != counts.get("studies", 0):
+    if counts and is_small_cell(counts.get("studies", 0), minimum):
         counts["bytes"] = None  # would tell the size of a suppressed group
     for key in _COUNTED:
         if key in counts:
@@ -203,14 +212,27 @@ async def delete_cohort(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def _listable(request: web.Request, cohort: store.SavedCohort) -> Members:
+    """The cohort's members as the caller may have them listed; a small cell (the module's
+    docstring) raises 403 for callers whose counts are suppressed."""
+    found = await members(request.app[keys.ENGINE], cohort.parsed(), visibility(request))
+    minimum = suppression_minimum(request)
+    if minimum is not None and found.small(minimum):
+        raise web.HTTPForbidden(text=json.dumps({"ok": False, "error": (
+            f"the cohort has fewer than {minimum} studies or patients: its studies are listed "
+            "(manifest, zip) to evaluators and admins only, so that a small group cannot be singled "
+            "out ([release] min_cell_count)")}), content_type="application/json")
+    return found
+
+
 async def get_manifest(request: web.Request) -> web.StreamResponse:
-    """GET /api/cohorts/{id}/manifest?format=json|csv (json by default)."""
+    """GET /api/cohorts/{id}/manifest?format=json|csv (json by default); 403 for a small cell."""
     fmt = request.query.get("format", "json").lower()
     if fmt not in manifest.FORMATS:
         return _problem(400, f"format={fmt[:20]!r}: give json or csv", "format")
     cohort = await _saved(request)
     engine = request.app[keys.ENGINE]
-    pks = await study_pks(engine, cohort.parsed(), visibility(request))
+    pks = (await _listable(request, cohort)).study_pks
     base = base_url(request)
     response = web.StreamResponse(headers={
         "Content-Type": f"{manifest.FORMATS[fmt]}; charset=utf-8",
@@ -224,10 +246,11 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
 
 
 async def get_zip(request: web.Request) -> web.StreamResponse:
-    """GET /api/cohorts/{id}/zip: ``{study}/{series}/{instance}.dcm`` for every instance."""
+    """GET /api/cohorts/{id}/zip: ``{study}/{series}/{instance}.dcm`` for every instance; 403
+    for a small cell."""
     cohort = await _saved(request)
+    pks = (await _listable(request, cohort)).study_pks
     engine = request.app[keys.ENGINE]
-    pks = await study_pks(engine, cohort.parsed(), visibility(request))
     return await zipstream.stream_zip(request, manifest.instances_of(engine, pks), f"cohort-{cohort.id}")
 
 

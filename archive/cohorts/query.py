@@ -40,11 +40,10 @@ from archive.query.attributes import Level
 from archive.query.model import Query
 from archive.query.run import deadline
 from archive.query.sql import where_clause
+from archive.release.sequester import AGE_BAND_STARTS, AGE_BANDS, OVER_89_BAND, UNKNOWN, is_small_cell
 
-# CDC age bands (as CDC's COVID-19 data tracker groups ages); an age over 89 is 85+.
-AGE_GROUPS = ("0-17", "18-29", "30-39", "40-49", "50-64", "65-74", "75-84", "85+", "unknown")
-_AGE_UPPER = ((18, "0-17"), (30, "18-29"), (40, "30-39"), (50, "40-49"), (65, "50-64"),
-              (75, "65-74"), (85, "75-84"))
+# The age_group facet's values, in order: the sequestration rule's CDC age bands (one definition).
+AGE_GROUPS = AGE_BANDS
 FACETS = ("modality", "loinc", "body_region", "sex", "age_group", "race", "ethnicity",
           "covid19_positive", "study_year", "manufacturer")
 # Facets given only when asked for by name ("facets": [...]): the site (InstitutionName, at series
@@ -125,6 +124,11 @@ class Counts:
     def to_json(self) -> dict[str, int]:
         return dict(self.__dict__)
 
+    def small(self, minimum: int) -> bool:
+        """True when the study or the patient count is a small cell (1 to ``minimum - 1``): a
+        list of the studies would tell it (by its length, or its PatientIDs)."""
+        return is_small_cell(self.studies, minimum) or is_small_cell(self.patients, minimum)
+
 
 @dataclass
 class CohortResult:
@@ -134,20 +138,27 @@ class CohortResult:
     studies: list[dict[str, Any]]
     limit: int
     offset: int
+    withheld: bool = False  # the page was not read: the cohort is a small cell (run_query)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"filters": self.filters, "counts": self.counts.to_json()}
         if self.facets is not None:
             out["facets"] = self.facets
-        out.update(studies=self.studies, limit=self.limit, offset=self.offset,
-                   more=self.offset + len(self.studies) < self.counts.studies)
+        # A withheld page has no next one: the flag, asked at every offset, would tell the count.
+        more = not self.withheld and self.offset + len(self.studies) < self.counts.studies
+        out.update(studies=self.studies, limit=self.limit, offset=self.offset, more=more,
+                   withheld=self.withheld)
         return out
 
 
 def _age_group() -> ColumnElement[str]:
-    whens: list[tuple[Any, str]] = [(_over_89(), "85+"), (cases.c.age_at_index.is_(None), "unknown")]
-    whens += [(cases.c.age_at_index < upper, label) for upper, label in _AGE_UPPER]
-    return case(*whens, else_="85+")
+    """:func:`archive.release.sequester.age_band` in SQL: a band holds the ages below the next
+    band's start; the last one is open above."""
+    age = cases.c.age_at_index
+    whens: list[tuple[Any, str]] = [(_over_89(), OVER_89_BAND), (age.is_(None), UNKNOWN)]
+    uppers = [start for start, _ in AGE_BAND_STARTS[1:]]
+    whens += [(age < upper, name) for upper, (_, name) in zip(uppers, AGE_BAND_STARTS, strict=False)]
+    return case(*whens, else_=AGE_BAND_STARTS[-1][1])
 
 
 def wanted_facets(facets: bool | Sequence[str]) -> tuple[str, ...]:
@@ -272,13 +283,17 @@ async def study_page(conn: AsyncConnection, filters: CohortFilters, limit: int, 
 
 async def run_query(engine: AsyncEngine, filters: CohortFilters, base_url: str, *, limit: int = 100,
                     offset: int = 0, facets: bool | Sequence[str] = True, visible: Visibility = PUBLIC,
-                    timeout: float = 0) -> CohortResult:
+                    timeout: float = 0, min_cell: int | None = None) -> CohortResult:
     """Counts, facets and one page of studies, read in one transaction (one snapshot), within
-    ``timeout`` seconds (0: none; else QueryTimeout, as for QIDO-RS)."""
+    ``timeout`` seconds (0: none; else QueryTimeout, as for QIDO-RS). With ``min_cell`` (the
+    caller's small-cell minimum) the page of a cohort that is a small cell (:meth:`Counts.small`)
+    is withheld: no study, ``more`` false."""
     async with engine.connect() as conn, deadline(conn, timeout):
         counts, found = await statistics(conn, filters, visible, facets)
-        page = await study_page(conn, filters, limit, offset, base_url, visible) if limit else []
-    return CohortResult(filters.to_json(), counts, found, page, limit, offset)
+        withheld = min_cell is not None and counts.small(min_cell)
+        page = [] if withheld or not limit else await study_page(conn, filters, limit, offset, base_url,
+                                                                 visible)
+    return CohortResult(filters.to_json(), counts, found, page, limit, offset, withheld)
 
 
 async def cohort_counts(engine: AsyncEngine, filters: CohortFilters, visible: Visibility = PUBLIC) -> Counts:
@@ -287,9 +302,26 @@ async def cohort_counts(engine: AsyncEngine, filters: CohortFilters, visible: Vi
     return counts
 
 
+@dataclass(frozen=True)
+class Members:
+    """A cohort's studies (pks, in the order of :func:`study_page`) and its number of patients,
+    from one read: what a manifest or zip will list, and whether that is a small cell."""
+
+    study_pks: list[int]
+    patients: int
+
+    def small(self, minimum: int) -> bool:
+        return Counts(self.patients, len(self.study_pks)).small(minimum)
+
+
+async def members(engine: AsyncEngine, filters: CohortFilters, visible: Visibility = PUBLIC) -> Members:
+    stmt = cohort_select(filters, [studies.c.pk, studies.c.patient_pk], visible).order_by(studies.c.pk)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return Members([r.pk for r in rows], len({r.patient_pk for r in rows}))
+
+
 async def study_pks(engine: AsyncEngine, filters: CohortFilters, visible: Visibility = PUBLIC) -> list[int]:
     """The pks of the cohort's studies, in the order of :func:`study_page` (for the manifest and
     the zip, which then read the cohort study by study, in chunks)."""
-    stmt = cohort_select(filters, [studies.c.pk], visible).order_by(studies.c.pk)
-    async with engine.connect() as conn:
-        return list((await conn.execute(stmt)).scalars())
+    return (await members(engine, filters, visible)).study_pks

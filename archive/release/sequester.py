@@ -33,9 +33,13 @@ _STATES = (None, OPEN, SEQUESTERED, QUARANTINED)
 
 UNKNOWN = "unknown"  # the category of a missing value, in every attribute
 NO_MODALITY = "(none)"  # the "modality" of a patient without images (clinical data only), last
-AGE_BANDS = ("0-17", "18-29", "30-39", "40-49", "50-64", "65-74", "75-84", "85+", UNKNOWN)
-# The lower bound of each CDC band but the last ("unknown").
-_BAND_STARTS = (0, 18, 30, 40, 50, 65, 75, 85)
+# CDC age bands (as CDC's COVID-19 data tracker groups ages): each band's lowest age and name, in
+# order. The one definition of the bands: the sequestration strata (age_band) and the cohorts'
+# age_group facet (archive.cohorts.query, in SQL) are both made from it.
+AGE_BAND_STARTS = ((0, "0-17"), (18, "18-29"), (30, "30-39"), (40, "40-49"), (50, "50-64"),
+                   (65, "65-74"), (75, "75-84"), (85, "85+"))
+OVER_89_BAND = "85+"  # age_at_index_gt89 = Yes: the age is only a flag, never a number
+AGE_BANDS = (*(name for _, name in AGE_BAND_STARTS), UNKNOWN)
 
 STRATA = ("covid", "age_band", "race", "sex", "ethnicity")  # what a stratum may be made of
 REPORT_ATTRIBUTES = ("covid", "age_band", "race", "sex", "ethnicity", "site", "modality")
@@ -172,19 +176,21 @@ class Assignment:
 
 
 def age_band(age: int | None, gt89: bool) -> str:
-    """The CDC age band of an age at the index event: 0-17, 18-29, 30-39, 40-49, 50-64, 65-74,
-    75-84, 85+; ``"unknown"`` without an age. The over-89 flag is 85+ whatever the age says."""
+    """The CDC age band (:data:`AGE_BAND_STARTS`) of an age at the index event: 0-17, 18-29,
+    30-39, 40-49, 50-64, 65-74, 75-84, 85+; ``"unknown"`` without an age. The over-89 flag is 85+
+    whatever the age says."""
     if gt89:
-        return "85+"
+        return OVER_89_BAND
     if age is None:
         return UNKNOWN
     if age < 0:
         raise ValueError(f"age {age} is negative")
-    band = AGE_BANDS[0]
-    for start, name in zip(_BAND_STARTS, AGE_BANDS, strict=False):
-        if age >= start:
-            band = name
-    return band
+    return [name for start, name in AGE_BAND_STARTS if age >= start][-1]
+
+
+def is_small_cell(count: int, minimum: int) -> bool:
+    """True when :func:`suppress` hides ``count``: 1 to ``minimum - 1``."""
+    return 0 < count < minimum
 
 
 def suppress(count: int, minimum: int = 10) -> int | str:
@@ -195,7 +201,7 @@ def suppress(count: int, minimum: int = 10) -> int | str:
         raise ValueError(f"count {count} is negative")
     if minimum < 1:
         raise ValueError(f"minimum {minimum} is below 1")
-    return count if count == 0 or count >= minimum else f"<{minimum}"
+    return f"<{minimum}" if is_small_cell(count, minimum) else count
 
 
 def modality_order(patients: Iterable[PatientRecord]) -> tuple[str, ...]:

@@ -39,7 +39,8 @@ const DOWNLOADS = { json: ['manifest?format=json', 'application/json'],
 
 const $ = id => document.getElementById(id);
 const state = { session: null, summary: null, result: null, filters: {}, offset: 0, seq: 0,
-  controller: null, timer: null, saved: null, measure: 'studies', expanded: new Set(), focus: null };
+  controller: null, timer: null, saved: null, measure: 'studies', expanded: new Set(), focus: null,
+  withheld: false };
 const thumbnails = new Thumbnails();
 
 function sees(session) {
@@ -98,12 +99,17 @@ function renderPage(result) {
   const last = result.offset + result.studies.length;
   $('page-info').textContent = result.studies.length
     ? `Studies ${first}–${last} of ${count(result.counts.studies)}`
-    : 'No study matches these filters.';
+    : result.withheld
+      ? `Fewer than ${state.session.min_cell_count ?? 'the minimum number of'} studies or patients match: `
+        + 'so small a group is counted but not listed or downloadable without an evaluator token.'
+      : 'No study matches these filters.';
   $('prev').disabled = result.offset === 0;
   $('next').disabled = !result.more;
 }
 
 function render(result) {
+  state.withheld = Boolean(result.withheld);  // a small cell: its downloads would be refused
+  showSaved();
   renderNumbers($('cohort-numbers'), result.counts);
   renderCharts();
   renderPage(result);
@@ -163,7 +169,7 @@ function schedule(delay = DEBOUNCE_MS) {
 function showSaved() {
   const saved = state.saved;
   const current = Boolean(saved) && saved.filters === JSON.stringify(state.filters);
-  for (const kind of Object.keys(DOWNLOADS)) $(`dl-${kind}`).disabled = !current;
+  for (const kind of Object.keys(DOWNLOADS)) $(`dl-${kind}`).disabled = !current || state.withheld;
   $('actions').dataset.cohort = current ? saved.id : '';
   if (current) {
     $('saved').textContent = `Saved as “${saved.name}” (id ${saved.id}). Its manifest and files hold `
