@@ -59,8 +59,8 @@ class PixelSource:
     meta: dict[str, Any]
 
 
-def _instances_stmt(by_series: bool, by_sop: bool) -> Select:
-    stmt = select(*_STORED).select_from(_FROM)
+def _instances_stmt(by_series: bool, by_sop: bool, *extra: Any) -> Select:
+    stmt = select(*_STORED, *extra).select_from(_FROM)
     stmt = stmt.where(studies.c.study_uid == bindparam("study"),
                       patients.c.release_state.in_(bindparam("states", expanding=True)))
     if by_series:
@@ -73,6 +73,23 @@ def _instances_stmt(by_series: bool, by_sop: bool) -> Select:
 # Built once: every frame, rendered and retrieve request looks its instances up this way, and
 # building the statement cost more CPU than running it.
 _INSTANCES = {(a, b): _instances_stmt(a, b) for a in (False, True) for b in (False, True)}
+# One instance with what serving its frames needs, for the frame requests of a viewer.
+_FRAME_SOURCE = _instances_stmt(True, True, instances.c.pixel, instances.c.meta_json)
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """An instance the caller may see, with its pixel data position and stored DICOM JSON still
+    encoded: decoding them (:meth:`decode`) is left to a caller that has not seen this file
+    before (storage keys are unique per write)."""
+
+    instance: StoredInstance
+    pixel_text: str | None
+    meta_blob: bytes
+
+    def decode(self) -> PixelSource:
+        return PixelSource(self.instance, json.loads(self.pixel_text) if self.pixel_text else None,
+                           procedure.fill(json.loads(zlib.decompress(self.meta_blob))))
 
 
 def _pixel_sources(rows: Sequence[Row[Any]]) -> list[PixelSource]:
@@ -92,6 +109,17 @@ class IndexReader:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt, params)).all()
         return [StoredInstance(*row) for row in rows]
+
+    async def frame_source(self, study: str, series_uid: str, sop: str,
+                           visible: Visibility = PUBLIC) -> FrameSource | None:
+        """One instance for a frame request, in one query: access, location and (encoded)
+        pixel metadata together, where :meth:`instances` then :meth:`pixel_source` took two."""
+        params = {"study": study, "series": series_uid, "sop": sop, "states": sorted(visible.states)}
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_FRAME_SOURCE, params)).first()
+        if row is None:
+            return None
+        return FrameSource(StoredInstance(*row[:7]), row[7], row[8])
 
     async def metadata(self, study: str, series_uid: str | None = None, sop: str | None = None,
                        batch: int = 500, visible: Visibility = PUBLIC) -> AsyncIterator[bytes]:
