@@ -43,3 +43,39 @@ async def test_threads_only_when_configured(aiohttp_client, tmp_path) -> None:
     client = await aiohttp_client(app)
     assert app[keys.INGEST]._pool is None
     assert await _stow(client, storable()[0].path.read_bytes()) == 200
+
+
+def _outcomes(body: dict) -> tuple[list[str], list[tuple[int, str]]]:
+    stored = sorted(i["00081155"]["Value"][0] for i in body.get("00081199", {}).get("Value", []))
+    failed = sorted((i["00081197"]["Value"][0], i.get("00081155", {}).get("Value", [""])[0])
+                    for i in body.get("00081198", {}).get("Value", []))
+    return stored, failed
+
+
+async def test_batched_parsing_gives_each_part_its_own_outcome(aiohttp_client, tmp_path) -> None:
+    """Files are handed to the parse worker in batches (archive.ingest._parse); a bad file in a
+    batch fails alone, with the reason the in-thread parser gives it, and its neighbours are
+    stored: one request of good and bad files interleaved answers the same either way."""
+    from tests import badfiles, synth
+
+    goods = [synth.dataset() for _ in range(60)]  # more than a batch: several calls
+    bad = badfiles.corpus(include_bomb=False)
+    parts: list[bytes] = []
+    for i, good in enumerate(goods):
+        parts.append(synth.encode(good))
+        if i < len(bad):
+            parts.append(bad[i].data)
+    body, ctype = multipart(parts)
+    answers = []
+    for processes in (1, 0):
+        cfg = make_config(tmp_path / f"p{processes}", ingest={"parse_processes": processes})
+        app = create_app(cfg)
+        client = await aiohttp_client(app)
+        assert (app[keys.INGEST]._pool is None) == (processes == 0)
+        resp = await client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype})
+        assert resp.status == 202
+        answers.append(_outcomes(await resp.json()))
+    pooled, threaded = answers
+    assert pooled == threaded
+    assert pooled[0] == sorted(str(g.SOPInstanceUID) for g in goods)
+    assert len(pooled[1]) == min(len(bad), len(goods))

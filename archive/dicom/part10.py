@@ -367,6 +367,20 @@ def parse_and_encode(path: str, threshold: int,
         raise InvalidInstance(f"value not representable in DICOM JSON: {exc}") from exc
 
 
+def parse_many(jobs: list[tuple[str, tuple[int, str] | None]],
+               threshold: int) -> list[tuple[ParsedInstance, bytes] | Exception]:
+    """:func:`parse_and_encode` of several files in one call, each outcome a result or the
+    exception it raised: one hand-off to a worker process for a batch of instances instead of
+    one per instance."""
+    out: list[tuple[ParsedInstance, bytes] | Exception] = []
+    for path, digest in jobs:
+        try:
+            out.append(parse_and_encode(path, threshold, digest))
+        except Exception as exc:  # its own outcome: the others of the batch go on
+            out.append(exc)
+    return out
+
+
 def worker_ready() -> bool:
     """A no-op a worker runs at start-up, so the pool is up before the first upload."""
     return True
