@@ -24,6 +24,7 @@ from pydicom.uid import UID
 from archive.dicom import procedure
 from archive.dicom.jsonmodel import BASE_URL_TOKEN, INSTANCE_URL_TOKEN, BulkRef, JsonBuilder
 from archive.dicom.uids import is_valid_uid
+from archive.index.values import indexed_view
 
 # Store what arrives: value validation is the sender's business, not a reason to refuse.
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
@@ -362,9 +363,13 @@ def parse_and_encode(path: str, threshold: int,
     call that an executor (threads or a process pool) runs."""
     parsed = parse_instance(path, threshold, dataset_digest)
     try:
-        return parsed, _encode_json(parsed)
+        encoded = _encode_json(parsed)
     except ValueError as exc:  # NaN or infinity in a float element: not representable in JSON
         raise InvalidInstance(f"value not representable in DICOM JSON: {exc}") from exc
+    # Only what the index writer reads goes back: from a worker process the whole document was
+    # pickled there and unpickled in the server.
+    parsed.json = indexed_view(parsed.json)
+    return parsed, encoded
 
 
 def parse_many(jobs: list[tuple[str, tuple[int, str] | None]],

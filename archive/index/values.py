@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from archive.dicom.procedure import PROCEDURE_CODE_SEQUENCE
 from archive.query.attributes import ATTRIBUTES, INTEGER_VRS, Level
 
 
@@ -18,6 +19,16 @@ def first_value(json: dict[str, Any], tag_hex: str) -> Any:
     if isinstance(value, dict):  # PN
         return value.get("Alphabetic")
     return value
+
+
+# The top-level elements the index writer reads of an instance's DICOM JSON (its columns, and the
+# procedure codes of harmonization): only these go back from the parse worker to the writer.
+INDEXED_TAGS = frozenset([a.tag_hex for a in ATTRIBUTES if not a.computed] + [PROCEDURE_CODE_SEQUENCE])
+
+
+def indexed_view(json: dict[str, Any]) -> dict[str, Any]:
+    """The part of an instance's DICOM JSON that :data:`INDEXED_TAGS` names."""
+    return {tag: json[tag] for tag in INDEXED_TAGS if tag in json}
 
 
 def column_values(json: dict[str, Any], level: Level) -> dict[str, Any]:
