@@ -9,6 +9,7 @@ as stored. A failure at any step leaves no trace: staged or orphaned blobs are r
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -230,8 +231,8 @@ class Ingest:
     async def _parse(self, path: str, digest: tuple[int, str] | None) -> tuple[ParsedInstance, bytes]:
         """Parse in the worker processes, batched: each call to a process costs the server
         pickling, two helper threads waking and a future (about a third of its CPU per tiny
-        instance), so the files that arrive while a call runs go together in the next one.
-        Alone, a file is sent at once."""
+        instance). Up to one call more than there are processes is in flight; the files that
+        arrive meanwhile wait and go together in the next call. Alone, a file is sent at once."""
         if self._pool_factory is None:
             return await self._in_pool(parse_and_encode, path, self.threshold, digest)
         future: asyncio.Future[tuple[ParsedInstance, bytes]] = asyncio.get_running_loop().create_future()
@@ -242,41 +243,54 @@ class Ingest:
     def _dispatch_parses(self) -> None:
         # One call more than processes: a process finishing a batch finds the next one queued.
         calls = getattr(self._pool, "_max_workers", 1) + 1
+        self._parse_queue = [job for job in self._parse_queue if not job[2].done()]  # gone callers
         while self._parse_queue and self._parse_calls < calls:
             batch = self._parse_queue[:_PARSE_BATCH]
             del self._parse_queue[:_PARSE_BATCH]
             self._parse_calls += 1
-            asyncio.get_running_loop().create_task(self._parse_batch(batch))
+            task = asyncio.get_running_loop().create_task(self._parse_batch(batch))
+            # Bookkeeping in a callback: it runs even for a task cancelled before it started.
+            task.add_done_callback(functools.partial(self._parse_batch_done, batch))
+
+    def _parse_batch_done(self, batch: list[_ParseJob], _task: asyncio.Task[None]) -> None:
+        self._parse_calls -= 1
+        for _, _, future in batch:  # cancelled midway (shutdown): nobody waits for ever
+            if not future.done():
+                future.cancel()
+        self._dispatch_parses()
 
     async def _parse_batch(self, batch: list[_ParseJob]) -> None:
+        jobs = [(path, digest) for path, digest, _ in batch]
+        pool = self._pool
         try:
-            jobs = [(path, digest) for path, digest, _ in batch]
-            try:
-                outcomes: list[Any] = await self._in_pool(parse_many, jobs, self.threshold)
-            except InvalidInstance:
-                # The pool broke twice (_in_pool): a file of the batch kills the parser. Each
-                # alone, so that only the file that does is refused.
-                outcomes = []
-                for path, digest in jobs:
-                    try:
-                        outcomes.append(await self._in_pool(parse_and_encode, path, self.threshold, digest))
-                    except Exception as exc:
-                        outcomes.append(exc)
-            except Exception as exc:
-                outcomes = [exc] * len(batch)
-            for (_, _, future), outcome in zip(batch, outcomes, strict=True):
-                if future.done():  # the caller went away
-                    continue
-                if isinstance(outcome, BaseException):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
-        finally:
-            self._parse_calls -= 1
-            for _, _, future in batch:  # cancelled midway (shutdown): nobody waits for ever
-                if not future.done():
-                    future.cancel()
-            self._dispatch_parses()
+            outcomes: list[Any] = await asyncio.get_running_loop().run_in_executor(
+                pool, parse_many, jobs, self.threshold)
+        except BrokenProcessPool:
+            # A file of the batch may kill the parser: a new pool, and each file alone (with
+            # its own one retry), so that only a file that does is refused.
+            self._restart_pool(pool)
+            outcomes = []
+            for path, digest in jobs:
+                try:
+                    outcomes.append(await self._in_pool(parse_and_encode, path, self.threshold, digest))
+                except Exception as exc:
+                    outcomes.append(exc)
+        except Exception as exc:  # the call itself failed (e.g. a result that would not pickle)
+            outcomes = [exc] * len(batch)
+        for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():  # the caller went away
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def _restart_pool(self, pool: Executor | None) -> None:
+        log.error("parse worker died; restarting the pool")
+        if self._pool is pool and self._pool_factory is not None:
+            assert pool is not None
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._pool_factory()
 
     async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -286,11 +300,7 @@ class Ingest:
         except BrokenProcessPool:
             # A worker died (killed, out of memory, a crash in a codec): start a new pool and
             # give this instance one more try; if it kills that one too, it is refused.
-            log.error("parse worker died; restarting the pool")
-            if self._pool is pool and self._pool_factory is not None:
-                assert pool is not None
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._pool_factory()
+            self._restart_pool(pool)
             try:
                 return await loop.run_in_executor(self._pool, fn, *args)
             except BrokenProcessPool:

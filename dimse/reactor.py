@@ -8,7 +8,7 @@ other down instead of adding up (four associations stored no faster than one). E
 source comment says the same ("TODO: try and make this event based").
 
 Here the two loops are pynetdicom's own, turn for turn, with the sleeps replaced by waits that end
-as soon as there is work: the DUL reactor ``select()``s on its socket and a wake-up pipe written
+as soon as there is work: the DUL reactor polls its socket and a wake-up pipe written
 whenever a primitive or an event is queued for it; the acceptor reactor waits on an event set
 whenever a DIMSE message or an upper-layer primitive is queued for it. Both still wake every
 ``IDLE_WAIT`` seconds to check pynetdicom's timers (ARTIM, network idle), which count seconds.
@@ -21,12 +21,16 @@ pynetdicom's loops.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import select
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("dimse")
 
 # Longest wait without work: bounds how late a timer expiry or a stop request is noticed.
 IDLE_WAIT = 0.05
@@ -56,26 +60,39 @@ def _notifying(old: queue.Queue, notify: Callable[[], None]) -> _NotifyingQueue:
 
 
 class _Pipe:
-    """A self-pipe: ``notify`` from any thread wakes a ``select`` on :attr:`fd`."""
+    """A self-pipe: ``notify`` from any thread wakes a poll on :attr:`fd`. Once closed, a
+    notify does nothing: its descriptor numbers may already belong to another file."""
 
     def __init__(self) -> None:
         self.fd, self._w = os.pipe()
         os.set_blocking(self.fd, False)
         os.set_blocking(self._w, False)
+        self._lock = threading.Lock()
+        self._closed = False
 
     def notify(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is pending anyway
-            os.write(self._w, b"\0")
+        with self._lock:
+            if self._closed:
+                return
+            with contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is pending
+                os.write(self._w, b"\0")
 
     def drain(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            while os.read(self.fd, 4096):
-                pass
+        with self._lock:
+            if self._closed:
+                return
+            with contextlib.suppress(BlockingIOError, OSError):
+                while os.read(self.fd, 4096):
+                    pass
 
     def close(self) -> None:
-        for fd in (self.fd, self._w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in (self.fd, self._w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 def install(assoc: Any) -> None:
@@ -91,9 +108,12 @@ def install(assoc: Any) -> None:
     kill_dul = dul.kill_dul
 
     def stop_and_wake() -> bool:
-        stopped = bool(stop_dul())
-        pipe.notify()
-        return stopped
+        # pynetdicom's stop_dul sets the flag (in Sta1 only) and then waits for the thread: the
+        # thread, waiting in poll(), is woken first.
+        if dul.state_machine.current_state == "Sta1":
+            dul._kill_thread = True
+            pipe.notify()
+        return bool(stop_dul())
 
     def kill_and_wake() -> None:
         kill_dul()
@@ -108,16 +128,21 @@ def install(assoc: Any) -> None:
 
 
 def _wait_for_transport(dul: Any, pipe: _Pipe) -> None:
-    """Wait until the socket has data, something is queued for the DUL, or ``IDLE_WAIT``."""
+    """Wait until the socket has data, something is queued for the DUL, or ``IDLE_WAIT``.
+    poll(), not select(): no limit on descriptor numbers (select fails from 1024)."""
     sock = getattr(dul.socket, "socket", None)
-    pending = getattr(sock, "pending", None)  # an SSLSocket may hold bytes select() cannot see
+    pending = getattr(sock, "pending", None)  # an SSLSocket may hold bytes poll() cannot see
     if pending is not None and pending():
         return
-    watched = [pipe.fd] if sock is None else [pipe.fd, sock]
     try:
-        select.select(watched, [], [], IDLE_WAIT)
-    except (OSError, ValueError):  # the socket closed under us: the reactor sees it next turn
-        pass
+        poller = select.poll()
+        poller.register(pipe.fd, select.POLLIN)
+        if sock is not None:
+            poller.register(sock, select.POLLIN)
+        poller.poll(IDLE_WAIT * 1000)
+    except (OSError, ValueError):
+        # The socket closed under us (the reactor sees it next turn); never spin meanwhile.
+        time.sleep(IDLE_WAIT)
     pipe.drain()
 
 
@@ -213,6 +238,8 @@ def _run_acceptor(assoc: Any, ready: threading.Event) -> None:
             return
 
         if assoc.dul.idle_timer_expired():
+            log.warning("DIMSE association idle for longer than the network timeout: %s",
+                        "released" if assoc.network_timeout_response == "A-RELEASE" else "aborted")
             if assoc.network_timeout_response == "A-RELEASE":
                 assoc._is_paused = True
                 assoc._reactor_checkpoint.wait()

@@ -231,6 +231,12 @@ def build_ae(cfg: DimseConfig, policy: AccessPolicy) -> AE:
     return ae
 
 
+def _never_associated(assoc: Any) -> bool:
+    """No A-ASSOCIATE-RQ received yet: the upper layer is idle (Sta1) or waiting for it (Sta2)
+    (PS3.8 9.2)."""
+    return assoc.dul.state_machine.current_state in ("Sta1", "Sta2") and not assoc.is_established
+
+
 def _drop_unassociated(assoc: Any) -> None:
     """Close a connection on which no association was established. A-ABORT is not a valid
     event before an A-ASSOCIATE-RQ (pynetdicom raises), so the transport is closed (PS3.8
@@ -290,21 +296,25 @@ class DimseServer:
                 server.shutdown()
                 self._accepting_stopped = True
         deadline = time.monotonic() + timeout
-        # Only established associations can have work in flight. A connection that never sent
-        # its A-ASSOCIATE-RQ (a port probe, a stalled peer) would otherwise hold the shutdown
-        # for pynetdicom's ACSE timeout or ours, whichever ends first.
-        while (any(a.is_established for a in server.active_associations)
-               and time.monotonic() < deadline):
+        # A connection that never sent its A-ASSOCIATE-RQ (a port probe, a stalled peer) has no
+        # work in flight, and would hold the shutdown for pynetdicom's ACSE timeout or ours:
+        # closed at once. The others (negotiating, established, releasing) may finish.
+        while True:
+            for assoc in server.active_associations:
+                if _never_associated(assoc):
+                    _drop_unassociated(assoc)
+            busy = [a for a in server.active_associations if not _never_associated(a)]
+            if not busy or time.monotonic() >= deadline:
+                break
             time.sleep(0.05)
-        active = server.active_associations
-        established = [a for a in active if a.is_established]
-        if established:
+        established = [a for a in busy if a.is_established]
+        if busy:
             log.warning("shutdown: aborting %d DIMSE association(s) still open after %g s",
-                        len(established), timeout)
-        for assoc in established:
-            assoc.abort()
-        for assoc in active:
-            if assoc not in established:
+                        len(busy), timeout)
+        for assoc in busy:
+            if assoc in established:
+                assoc.abort()
+            else:  # still negotiating or releasing: A-ABORT is not valid in every state
                 _drop_unassociated(assoc)
         for assoc in established:
             assoc.join(5)

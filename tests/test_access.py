@@ -130,6 +130,26 @@ def _leaks(body: bytes, c: Commons, role: str) -> list[str]:
             for secret in p.secrets if secret in body]
 
 
+@pytest.mark.databases
+def test_what_an_admin_read_is_not_served_to_a_guest_from_a_cache(commons: Commons) -> None:
+    """Frames and rendered images keep per-process caches of what they read; an admin reading
+    every patient's first, then a guest asking for the same, gets 404 for the hidden ones (the
+    access check comes before any cache)."""
+    c = commons
+    reads = [(path, what, extra) for p in c.patients.values() for path, what, extra in _http_requests(c, p)
+             if what in ("frame", "rendered", "thumbnail")]
+    for path, what, extra in reads:
+        resp = requests.get(c.server.url + path, headers=c.headers("admin", **extra), timeout=30)
+        assert resp.status_code == 200, (what, resp.status_code)
+    for p in c.patients.values():
+        for path, what, extra in _http_requests(c, p):
+            if what not in ("frame", "rendered", "thumbnail"):
+                continue
+            resp = requests.get(c.server.url + path, headers=c.headers("anonymous", **extra), timeout=30)
+            assert resp.status_code == (200 if p.state == "open" else 404), (p.state, what)
+            assert _leaks(resp.content, c, "anonymous") == [], (p.state, what)
+
+
 @pytest.mark.parametrize("role", ["anonymous", "contributor", "evaluator", "admin"])
 @pytest.mark.databases
 def test_http_shows_each_role_exactly_what_it_may_see(commons: Commons, role: str) -> None:
@@ -174,8 +194,8 @@ def test_cohorts_show_each_role_exactly_what_it_may_see(commons: Commons, role: 
         assert sorted(s["StudyInstanceUID"] for s in body["studies"]) == sorted(p.study for p in visible)
         assert body["withheld"] is False
     else:  # fewer than 10: suppressed for the public, facets too, and no rows to count
-        assert counts["patients"] == counts["studies"] == counts["instances"] == "<10"
-        assert counts["bytes"] is None
+        assert counts["patients"] == counts["studies"] == "<10"
+        assert counts["series"] is counts["instances"] is counts["bytes"] is None  # would tell it
         assert all(e["studies"] == "<10" for entries in body["facets"].values() for e in entries)
         assert body["studies"] == [] and body["more"] is False and body["withheld"] is True
     saved = requests.post(f"{url}/api/cohorts", json={"name": f"all-{role}", "filters": {}},

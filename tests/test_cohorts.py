@@ -692,13 +692,16 @@ async def test_guest_cannot_count_a_small_cohort(aiohttp_client, data: DataSet) 
         for limit in (0, 1, N_STUDIES):
             body = await cohort(client, f, limit=limit, offset=offset, facets=False)
             assert body["counts"]["studies"] == body["counts"]["patients"] == hidden
+            # sizes would tell the count (images / a one-value images filter = studies)
+            assert [body["counts"][k] for k in ("series", "instances", "bytes")] == [None] * 3
             where = (limit, offset)
             assert body["studies"] == [] and body["more"] is False and body["withheld"] is True, where
     resp = await client.post("/api/cohorts", json={"name": "one day", "filters": f})
     assert resp.status == 201
     cid = (await resp.json())["id"]
     got = await (await client.get(f"/api/cohorts/{cid}")).json()
-    assert got["counts"]["studies"] == hidden and got["counts"]["bytes"] is None
+    assert got["counts"]["studies"] == hidden
+    assert [got["counts"][k] for k in ("series", "instances", "bytes")] == [None] * 3
     for path in (f"/api/cohorts/{cid}/manifest?format=json", f"/api/cohorts/{cid}/manifest?format=csv",
                  f"/api/cohorts/{cid}/zip"):
         resp = await client.get(path)
@@ -747,6 +750,8 @@ async def test_guest_cannot_count_patients_from_the_list(aiohttp_client, data: D
     cid = (await resp.json())["id"]
     for fmt in ("json", "csv"):
         assert (await client.get(f"/api/cohorts/{cid}/manifest", params={"format": fmt})).status == 403
+    assert (await client.get(f"/api/cohorts/{cid}/zip")).status == 403
+    assert [body["counts"][k] for k in ("series", "instances", "bytes")] == [None] * 3
 
     body = await cohort(client, {}, as_role("evaluator"), limit=N_STUDIES, facets=False)
     assert body["counts"] == counts and body["withheld"] is False

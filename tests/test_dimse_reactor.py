@@ -52,6 +52,12 @@ def test_idle_associations_do_not_poll_and_busy_ones_still_work(tmp_path: Path) 
         # Three idle associations: 6 threads waking every 50 ms is ~240 in 2 s (plus the event
         # loop's and the pools' own); pynetdicom's 1 ms sleeps made it ~12,000.
         assert idle < 1500, f"{idle} context switches in 2 s with 3 idle associations"
+        # Work is noticed at once, not at the next 50 ms idle turn: 100 round trips on one
+        # association take well under the 5 s that waiting out each turn would.
+        t0 = time.monotonic()
+        for _ in range(100):
+            assert int(assocs[0].send_c_echo().Status) == 0
+        assert time.monotonic() - t0 < 4.0
         for assoc, ds in zip(assocs, datasets, strict=True):
             assert int(assoc.send_c_echo().Status) == 0
             assert int(assoc.send_c_store(ds).Status) == 0

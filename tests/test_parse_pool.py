@@ -79,3 +79,24 @@ async def test_batched_parsing_gives_each_part_its_own_outcome(aiohttp_client, t
     assert pooled == threaded
     assert pooled[0] == sorted(str(g.SOPInstanceUID) for g in goods)
     assert len(pooled[1]) == min(len(bad), len(goods))
+
+
+async def test_a_worker_dead_under_a_batch_fails_none_of_its_files(aiohttp_client, tmp_path) -> None:
+    """The worker dies before a batch of a many-part request is parsed: the pool is restarted
+    and every file of the batch parsed again on its own; none is refused."""
+    from tests import synth
+
+    cfg = make_config(tmp_path, ingest={"parse_processes": 1})
+    app = create_app(cfg)
+    client = await aiohttp_client(app)
+    assert await _stow(client, synth.instance()) == 200  # the worker is up
+    pool = app[keys.INGEST]._pool
+    for pid in list(pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    goods = [synth.dataset() for _ in range(40)]
+    body, ctype = multipart([synth.encode(g) for g in goods])
+    resp = await client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype})
+    assert resp.status == 200, await resp.text()
+    stored, failed = _outcomes(await resp.json())
+    assert stored == sorted(str(g.SOPInstanceUID) for g in goods) and failed == []
+    assert app[keys.INGEST]._pool is not pool

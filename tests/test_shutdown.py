@@ -169,6 +169,17 @@ def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path) -> None:
         again.stop()
 
 
+def _wait_held(pid: int, port: int) -> None:
+    """Until the server process holds an accepted connection on ``port``."""
+    import psutil
+
+    deadline = time.monotonic() + 10
+    while not any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
+                  for c in psutil.Process(pid).net_connections()):
+        assert time.monotonic() < deadline, "the server never accepted the connection"
+        time.sleep(0.05)
+
+
 def test_a_connection_that_never_associates_does_not_hold_the_shutdown(tmp_path: Path) -> None:
     """A TCP connection to the DIMSE port that never sends an A-ASSOCIATE-RQ (a port probe that
     stays open, or one that has just closed) has no work in flight: SIGTERM does not wait the
@@ -180,7 +191,7 @@ def test_a_connection_that_never_associates_does_not_hold_the_shutdown(tmp_path:
         with socket.create_connection(("127.0.0.1", server.dimse_port), timeout=5):
             pass  # a probe that connects and closes
         probe = socket.create_connection(("127.0.0.1", server.dimse_port), timeout=5)
-        time.sleep(0.3)  # both connections are in pynetdicom's hands
+        _wait_held(proc.pid, server.dimse_port)  # the open probe is in pynetdicom's hands
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0

@@ -14,10 +14,12 @@
 Small cells (``[release] min_cell_count``, for every caller but evaluators and admins): a count of
 people or their images below the minimum is shown as "<N" (:func:`_public_counts`), and a cohort
 whose study or patient count is below it (but not 0) is never listed, since its rows would count
-it (their number, their PatientIDs, the ``more`` flag probed at each offset, the manifest's totals).
-The query then answers its suppressed counts and facets with no study, ``more`` false and
-``withheld`` true; the manifest and the zip, which are nothing but rows, are refused with 403.
-Evaluators and admins get everything.
+it (their number, their PatientIDs, the ``more`` flag probed at each offset, the manifest's totals),
+nor are its series, image and byte counts given. The query then answers its suppressed counts and
+facets with no study, ``more`` false and ``withheld`` true; the manifest and the zip, which are
+nothing but rows, are refused with 403. Evaluators and admins get everything. This guards counts
+as shown; the open side's studies themselves are public (QIDO-RS lists them), so differencing two
+large cohorts still lists a small group (docs/cohorts.md).
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ async def query(request: web.Request) -> web.Response:
 
 
 _COUNTED = ("patients", "studies", "series", "instances")
+_SIZES = ("series", "instances", "bytes")  # hidden outright for a small cell (_public_counts)
 
 
 def suppression_minimum(request: web.Request) -> int | None:
@@ -133,15 +136,20 @@ def suppression_minimum(request: web.Request) -> int | None:
 def _public_counts(request: web.Request, out: dict[str, Any]) -> dict[str, Any]:
     """Counts and facets as the caller may see them: for anyone but evaluators and admins, a
     count of people or their images below ``[release] min_cell_count`` is shown as "<N", as data
-    commons do, so that a small group cannot be singled out (bytes go with the studies)."""
+    commons do; when the study or patient count is so shown, the series, image and byte counts
+    are null (they would tell it)."""
     minimum = suppression_minimum(request)
     if minimum is None:
         return out
     counts = out.get("counts", {})
-    if counts and is_small_cell(counts.get("studies", 0), minimum):
-        counts["bytes"] = None  # would tell the size of a suppressed group
+    if counts and (is_small_cell(counts.get("studies", 0), minimum)
+                   or is_small_cell(counts.get("patients", 0), minimum)):
+        # A small group's sizes would tell its count: with an images filter of one value, the
+        # image count divided by it is the study count. Hidden whatever their own size.
+        for key in _SIZES:  # (facet entries hold only studies and patients)
+            counts[key] = None
     for key in _COUNTED:
-        if key in counts:
+        if isinstance(counts.get(key), int):
             counts[key] = suppress(counts[key], minimum)
     for entries in (out.get("facets") or {}).values():
         for entry in entries:
@@ -220,8 +228,8 @@ async def _listable(request: web.Request, cohort: store.SavedCohort) -> Members:
     if minimum is not None and found.small(minimum):
         raise web.HTTPForbidden(text=json.dumps({"ok": False, "error": (
             f"the cohort has fewer than {minimum} studies or patients: its studies are listed "
-            "(manifest, zip) to evaluators and admins only, so that a small group cannot be singled "
-            "out ([release] min_cell_count)")}), content_type="application/json")
+            "(manifest, zip) to evaluators and admins only, so that its list does not tell its "
+            "count ([release] min_cell_count)")}), content_type="application/json")
     return found
 
 

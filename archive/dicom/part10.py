@@ -381,8 +381,10 @@ def parse_many(jobs: list[tuple[str, tuple[int, str] | None]],
     for path, digest in jobs:
         try:
             out.append(parse_and_encode(path, threshold, digest))
-        except Exception as exc:  # its own outcome: the others of the batch go on
+        except InvalidInstance as exc:  # its own outcome: the others of the batch go on
             out.append(exc)
+        except Exception as exc:  # unexpected: as a refusal that surely pickles back
+            out.append(InvalidInstance(f"cannot parse: {type(exc).__name__}: {exc}"[:300]))
     return out
 
 

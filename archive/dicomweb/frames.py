@@ -136,10 +136,26 @@ class Located:
 # request at a time: this spares each request the metadata parse (large for enhanced
 # multi-frame instances) and the frame map (which may take reading the file).
 # Sized for a few long series: a viewer scrolling a 1,000-slice CT cycles through 1,000 entries,
-# and with 512 every request missed (single frames 350/s instead of 630/s in bench/versus.py).
-# A single-frame slice's entry is about 4 kB.
+# and with 512 entries every request missed (a repeated pass over a 1,000-slice series: 350
+# frames/s against 630/s). A slice's entry is 4-9 kB; one of a multi-frame or tiled instance
+# grows with its fragments, so the fragments held are bounded too (about 100 bytes each).
 _LOCATED: OrderedDict[str, Located] = OrderedDict()
 _LOCATED_MAX = 4096
+_FRAGMENTS_MAX = 200_000
+_located_fragments = 0
+
+
+def _fragments(located: Located) -> int:
+    return len((located.src.pixel or {}).get("fragments") or ())
+
+
+def _remember(key: str, located: Located) -> None:
+    global _located_fragments
+    _LOCATED[key] = located
+    _located_fragments += _fragments(located)
+    while len(_LOCATED) > 1 and (len(_LOCATED) > _LOCATED_MAX or _located_fragments > _FRAGMENTS_MAX):
+        _, old = _LOCATED.popitem(last=False)
+        _located_fragments -= _fragments(old)
 
 
 def _pixel_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -159,15 +175,10 @@ async def _locate(request: web.Request) -> Located:
     if located is not None:
         _LOCATED.move_to_end(found.instance.storage_key)
         return located
-    # A slice's JSON decodes in well under a millisecond; an enhanced multi-frame instance's,
-    # with its per-frame functional groups, may take tens: not on the loop.
-    small = len(found.meta_blob) <= 16 << 10
-    src = found.decode() if small else await asyncio.to_thread(found.decode)
+    src = await reader.frame_pixels(found)
     src = PixelSource(src.instance, src.pixel, _pixel_meta(src.meta))
     located = Located(src, Geometry.from_json(src.meta))
-    _LOCATED[src.instance.storage_key] = located
-    if len(_LOCATED) > _LOCATED_MAX:
-        _LOCATED.popitem(last=False)
+    _remember(src.instance.storage_key, located)
     return located
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, select
+from sqlalchemy import Row, Select, bindparam, case, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archive.auth import PUBLIC, Visibility
@@ -73,23 +73,42 @@ def _instances_stmt(by_series: bool, by_sop: bool, *extra: Any) -> Select:
 # Built once: every frame, rendered and retrieve request looks its instances up this way, and
 # building the statement cost more CPU than running it.
 _INSTANCES = {(a, b): _instances_stmt(a, b) for a in (False, True) for b in (False, True)}
-# One instance with what serving its frames needs, for the frame requests of a viewer.
-_FRAME_SOURCE = _instances_stmt(True, True, instances.c.pixel, instances.c.meta_json)
+# One instance with what serving its frames needs, for the frame requests of a viewer: its pixel
+# data position and stored JSON come along when small (a slice's: a few kB), so a viewer's first
+# request for a file takes one query; large ones (a multi-frame instance's fragments and
+# per-frame groups) are left out and fetched by key only when the caller has not seen the file.
+_INLINE = 8 << 10
+_FRAME_SOURCE = _instances_stmt(
+    True, True, instances.c.pk, instances.c.number_of_frames,
+    case((func.length(instances.c.pixel) <= _INLINE, instances.c.pixel), else_=None).label("pixel"),
+    func.length(instances.c.pixel).label("pixel_length"),
+    case((func.length(instances.c.meta_json) <= _INLINE, instances.c.meta_json), else_=None).label("meta"))
+_FRAME_BLOBS = select(instances.c.pixel, instances.c.meta_json).where(instances.c.pk == bindparam("pk"))
 
 
 @dataclass(frozen=True)
 class FrameSource:
-    """An instance the caller may see, with its pixel data position and stored DICOM JSON still
-    encoded: decoding them (:meth:`decode`) is left to a caller that has not seen this file
-    before (storage keys are unique per write)."""
+    """An instance the caller may see, for a frame request. Its pixel data position and stored
+    DICOM JSON are decoded (:meth:`IndexReader.frame_pixels`) only by a caller that has not seen
+    this file before (storage keys are unique per write)."""
 
     instance: StoredInstance
-    pixel_text: str | None
-    meta_blob: bytes
+    pk: int
+    frames: int
+    pixel_text: str | None  # None: no pixel data, or too large to come inline
+    pixel_length: int
+    meta_blob: bytes | None  # None: too large to come inline
 
-    def decode(self) -> PixelSource:
-        return PixelSource(self.instance, json.loads(self.pixel_text) if self.pixel_text else None,
-                           procedure.fill(json.loads(zlib.decompress(self.meta_blob))))
+    @property
+    def small(self) -> bool:
+        """Everything came inline, and decodes in well under a millisecond (one frame)."""
+        inline = self.meta_blob is not None and (self.pixel_text is not None or not self.pixel_length)
+        return inline and self.frames <= 1
+
+
+def _decode_pixel_source(instance: StoredInstance, pixel_text: str | None, meta_blob: bytes) -> PixelSource:
+    return PixelSource(instance, json.loads(pixel_text) if pixel_text else None,
+                       procedure.fill(json.loads(zlib.decompress(meta_blob))))
 
 
 def _pixel_sources(rows: Sequence[Row[Any]]) -> list[PixelSource]:
@@ -112,14 +131,24 @@ class IndexReader:
 
     async def frame_source(self, study: str, series_uid: str, sop: str,
                            visible: Visibility = PUBLIC) -> FrameSource | None:
-        """One instance for a frame request, in one query: access, location and (encoded)
-        pixel metadata together, where :meth:`instances` then :meth:`pixel_source` took two."""
+        """One instance for a frame request, access checked, in one query (see _FRAME_SOURCE)."""
         params = {"study": study, "series": series_uid, "sop": sop, "states": sorted(visible.states)}
         async with self.engine.connect() as conn:
             row = (await conn.execute(_FRAME_SOURCE, params)).first()
         if row is None:
             return None
-        return FrameSource(StoredInstance(*row[:7]), row[7], row[8])
+        return FrameSource(StoredInstance(*row[:7]), row.pk, max(1, row.number_of_frames or 1),
+                           row.pixel, row.pixel_length or 0, row.meta)
+
+    async def frame_pixels(self, found: FrameSource) -> PixelSource:
+        """The decoded pixel position and JSON of a :meth:`frame_source` result: inline ones of
+        a single frame on the loop, the rest fetched (by key) and decoded in a thread."""
+        if found.small:
+            assert found.meta_blob is not None
+            return _decode_pixel_source(found.instance, found.pixel_text, found.meta_blob)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_FRAME_BLOBS, {"pk": found.pk})).one()
+        return await asyncio.to_thread(_decode_pixel_source, found.instance, row.pixel, row.meta_json)
 
     async def metadata(self, study: str, series_uid: str | None = None, sop: str | None = None,
                        batch: int = 500, visible: Visibility = PUBLIC) -> AsyncIterator[bytes]:
