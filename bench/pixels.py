@@ -41,6 +41,7 @@ from typing import Any
 import aiohttp
 import datasets
 import pydicom
+import report
 from procs import MemorySampler
 from pydicom.uid import JPEG2000Lossless
 from servers import ORTHANC_BIN, Archive, Orthanc, Target
@@ -202,25 +203,7 @@ ROWS = [("frames_native", "per_s", "single-frame retrieve, native CT (frames/s)"
 
 
 def show(results: dict[str, dict[str, Any]]) -> list[str]:
-    names = list(results)
-    print("\n" + f"{'figure':52}" + "".join(f"{n:>18}" for n in names))
-    problems: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    for key, field, label in ROWS:
-        cells = []
-        for name in names:
-            fig = results[name].get(key, {})
-            if fig.get("error_count"):
-                if (name, key) in seen:
-                    cells.append(f"{'n/a':>18}")
-                    continue
-                seen.add((name, key))
-                problems.append(f"{name} {key}: {fig['error_count']} errors, e.g. {fig['errors'][0]}")
-                cells.append(f"{'n/a':>18}")
-            else:
-                cells.append(f"{fig.get(field, 0):>18.1f}")
-        print(f"{label:52}" + "".join(cells))
-    return problems
+    return report.side_by_side(results, ROWS)
 
 
 def main(argv: list[str]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -103,3 +104,34 @@ def figure(name: str, value: float | None, unit: str, extra: str = "") -> Target
 def print_targets(targets: Sequence[Target]) -> None:
     print(table([(t.name, t.shown, t.target, t.verdict) for t in targets],
                 ("figure", "measured", "target", "result")))
+
+
+def side_by_side(results: dict[str, dict[str, Any]], rows: Sequence[tuple[str, str, str]], width: int = 18,
+                 ratio_title: str | None = None) -> list[str]:
+    """Print each figure of ``rows`` (key, field, label) for every target in ``results``, side by
+    side; a figure whose answers had errors shows n/a and is reported once (the list returned).
+    With ``ratio_title``, a last column gives the second target's value over the first's."""
+    names = list(results)
+    ratio_head = f"{ratio_title:>18}" if ratio_title else ""
+    print("\n" + f"{'figure':52}" + "".join(f"{n:>{width}}" for n in names) + ratio_head)
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for key, field, label in rows:
+        values: list[float | None] = []
+        for name in names:
+            fig = results[name].get(key, {})
+            if fig.get("error_count"):
+                if (name, key) not in seen:
+                    seen.add((name, key))
+                    problems.append(f"{name} {key}: {fig['error_count']} errors, e.g. {fig['errors'][0]}")
+                values.append(None)
+            else:
+                values.append(fig.get(field, 0.0))
+        cells = "".join(f"{'n/a' if v is None else f'{v:.1f}':>{width}}" for v in values)
+        ratio = ""
+        if ratio_title:
+            first, second = (values + [None, None])[:2]
+            shown = f"{second / first:.2f}x" if len(values) == 2 and first and second is not None else ""
+            ratio = f"{shown:>18}"
+        print(f"{label:52}{cells}{ratio}")
+    return problems

@@ -38,6 +38,7 @@ from typing import Any
 import boto3
 import datasets
 import psutil
+import report
 from httpclient import RETRIEVE_ACCEPT, download, session
 from pixels import OCTET_ANY, Series, describe, frame_urls, rate
 from procs import ManagedProcess, MemorySampler
@@ -176,24 +177,7 @@ ROWS = [("series", "mb_per_s", "series retrieve, 512x512 CT as stored (MB/s)"),
 
 
 def show(results: dict[str, dict[str, Any]]) -> list[str]:
-    names = list(results)
-    print("\n" + f"{'figure':52}" + "".join(f"{n:>24}" for n in names) + f"{'S3 / filesystem':>18}")
-    problems: list[str] = []
-    for key, field, label in ROWS:
-        values = []
-        for name in names:
-            fig = results[name].get(key, {})
-            if fig.get("error_count"):
-                if field in ("mb_per_s", "per_s"):
-                    problems.append(f"{name} {key}: {fig['error_count']} errors, e.g. {fig['errors'][0]}")
-                values.append(None)
-            else:
-                values.append(fig.get(field, 0.0))
-        cells = "".join(f"{'n/a' if v is None else f'{v:.1f}':>24}" for v in values)
-        ratio = (f"{values[1] / values[0]:.2f}x" if len(values) == 2 and values[0] and values[1] is not None
-                 else "")
-        print(f"{label:52}{cells}{ratio:>18}")
-    return problems
+    return report.side_by_side(results, ROWS, 24, "S3 / filesystem")
 
 
 def main(argv: list[str]) -> int:
